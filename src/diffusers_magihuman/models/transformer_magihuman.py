@@ -1,0 +1,1238 @@
+# Copyright 2026 The diffusers-magihuman Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The daVinci-MagiHuman single-stream audio+video DiT as a diffusers model.
+
+The model packs a video latent, an audio latent and text embeddings into one token sequence (video, then audio, then
+the real text rows), runs a stack of pre-norm transformer layers over it and unpacks the video and audio predictions.
+Section numbers in comments (``§3.4``) refer to the project's DiT spec (``spec/dit.md``), which describes the original
+code (GAIR-NLP/daVinci-MagiHuman, ``inference/model/dit/dit_module.py`` and ``inference/pipeline/data_proxy.py``).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin, AttentionModuleMixin
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.cache_utils import CacheMixin
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput, apply_lora_scale, logging
+from diffusers.utils.torch_utils import maybe_allow_in_graph
+
+
+logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
+
+
+# Modality ids of the packed sequence; they are also the expert index of the modality-expert ("mm") layers (§2.2).
+MODALITY_VIDEO = 0
+MODALITY_AUDIO = 1
+MODALITY_TEXT = 2
+MODALITIES = ("video", "audio", "text")
+_MODALITY_PAD = 3  # padding rows of a batch with different lengths; they belong to no expert
+
+# Every block linear computes in bf16 and rounds its output to bf16, whatever the weight dtype (§3.7). The original
+# has no switch for this.
+_BLOCK_COMPUTE_DTYPE = torch.bfloat16
+
+# Attention backends that accept `enable_gqa=True` (K/V with fewer heads, query head h -> kv head h // group).
+# (`_native_efficient` is not one: torch's memory-efficient kernel rejects unequal head counts, seen on an H200.)
+_GQA_FLAG_BACKENDS = {"native", "_native_math", "_native_flash", "_native_cudnn", "flex", "xformers"}
+# Attention backends whose kernels take fewer K/V heads natively, with the same head mapping (flash-attn convention).
+_GQA_NATIVE_BACKENDS = {
+    "flash",
+    "flash_hub",
+    "flash_varlen",
+    "flash_varlen_hub",
+    "flash_4_hub",
+    "_flash_3",
+    "_flash_varlen_3",
+    "_flash_3_hub",
+    "_flash_3_varlen_hub",
+}
+
+
+@dataclass
+class MagiHumanTransformerOutput(BaseOutput):
+    """
+    The output of [`MagiHumanTransformer3DModel`].
+
+    Args:
+        sample (`torch.Tensor` of shape `(batch_size, num_channels, num_frames, height, width)`):
+            The video prediction (a flow velocity), float32.
+        audio_sample (`torch.Tensor` of shape `(batch_size, audio_sequence_length, audio_channels)`):
+            The audio prediction, float32. Rows marked as padding by `audio_attention_mask` are zero.
+    """
+
+    sample: torch.Tensor
+    audio_sample: torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Small numerics helpers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _is_plain_linear(module: nn.Module) -> bool:
+    # A bare `nn.Linear` without accelerate / diffusers hooks: safe to call `F.linear` on its (cast) weight directly.
+    return type(module) is nn.Linear and not hasattr(module, "_hf_hook") and not hasattr(module, "_diffusers_hook")
+
+
+def bf16_compute_linear(module: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    r"""
+    Applies a block linear the way the original does (§3.7): input and weight in bf16, fp32 accumulation inside the
+    kernel, **bf16 result**.
+
+    Weights stored in another dtype (e.g. a model loaded with `dtype=torch.float32`) are cast to bf16 on every call, as
+    upstream does, so the numerics do not depend on the storage dtype. Wrapped modules (PEFT LoRA layers, quantized
+    linears, layerwise-casting hooks) are called as modules on the bf16 input.
+
+    Args:
+        module (`nn.Module`): an `nn.Linear` (or a drop-in replacement).
+        hidden_states (`torch.Tensor` of shape `(..., in_features)`): any floating dtype.
+
+    Returns:
+        `torch.Tensor` of shape `(..., out_features)` in bf16.
+    """
+    hidden_states = hidden_states.to(_BLOCK_COMPUTE_DTYPE)
+    weight = getattr(module, "weight", None)
+    if (
+        weight is not None
+        and weight.dtype != _BLOCK_COMPUTE_DTYPE
+        and weight.dtype.is_floating_point
+        and _is_plain_linear(module)
+    ):
+        bias = None if module.bias is None else module.bias.to(_BLOCK_COMPUTE_DTYPE)
+        return F.linear(hidden_states, weight.to(_BLOCK_COMPUTE_DTYPE), bias)
+    return module(hidden_states).to(_BLOCK_COMPUTE_DTYPE)
+
+
+def gelu7(hidden_states: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
+    r"""`z * sigmoid(1.702 z)` with `z = min(x, 7)`, in fp32 (§3.5). No lower clamp."""
+    hidden_states = hidden_states.float().clamp(max=limit)
+    return hidden_states * torch.sigmoid(alpha * hidden_states)
+
+
+def swiglu7(gate: torch.Tensor, linear: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
+    r"""
+    GPT-OSS style clamped SwiGLU in fp32 (§3.5): `g' sigmoid(1.702 g') (l' + 1)` with `g' = min(g, 7)` and
+    `l' = clamp(l, -7, 7)`. Note the **+1** on the linear branch.
+    """
+    gate = gate.float().clamp(max=limit)
+    linear = linear.float().clamp(min=-limit, max=limit)
+    return gate * torch.sigmoid(alpha * gate) * (linear + 1)
+
+
+def apply_magihuman_rotary_emb(
+    hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor
+) -> torch.Tensor:
+    r"""
+    Rotates the first `2 * freqs_cos.shape[-1]` dims of every head with split-halves pairing (§5): for `i < R/2` the
+    pair is `(x_i, x_{i+R/2})`. The remaining head dims pass through unchanged.
+
+    Args:
+        hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, heads, head_dim)`): fp32 queries or keys.
+        freqs_cos, freqs_sin (`torch.Tensor` of shape `(batch_size, seq_len, R/2)`): the RoPE table halves.
+    """
+    rotary_dim = freqs_cos.shape[-1] * 2
+    cos = torch.cat([freqs_cos, freqs_cos], dim=-1).unsqueeze(-2)
+    sin = torch.cat([freqs_sin, freqs_sin], dim=-1).unsqueeze(-2)
+    x_rot, x_pass = hidden_states[..., :rotary_dim], hidden_states[..., rotary_dim:]
+    x1, x2 = x_rot.chunk(2, dim=-1)
+    rotated_half = torch.cat((-x2, x1), dim=-1)
+    return torch.cat([x_rot * cos + rotated_half * sin, x_pass], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Packing, coordinates, token layout
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def patchify_video(hidden_states: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
+    r"""
+    Video latent to tokens, **channel-major** like the original's `UnfoldNd` im2col (§2.3): token
+    `t*H'*W' + h*W' + w`, channel `((c*pT + dt)*pH + dh)*pW + dw`.
+
+    Args:
+        hidden_states (`torch.Tensor` of shape `(batch_size, channels, frames, height, width)`)
+        patch_size (`tuple[int, int, int]`): `(pT, pH, pW)`.
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size, frames/pT * height/pH * width/pW, channels*pT*pH*pW)`.
+    """
+    batch_size, channels, frames, height, width = hidden_states.shape
+    p_t, p_h, p_w = patch_size
+    hidden_states = hidden_states.reshape(
+        batch_size, channels, frames // p_t, p_t, height // p_h, p_h, width // p_w, p_w
+    )
+    hidden_states = hidden_states.permute(0, 2, 4, 6, 1, 3, 5, 7)
+    return hidden_states.reshape(batch_size, (frames // p_t) * (height // p_h) * (width // p_w), -1)
+
+
+def unpatchify_video(
+    tokens: torch.Tensor, patch_size: tuple[int, int, int], grid_size: tuple[int, int, int]
+) -> torch.Tensor:
+    r"""
+    Tokens to video latent, **spatial-major** like the original's `depack_token_sequence` (§2.4): the channel axis of
+    a token is read as `(pT, pH, pW, C)` with `C` fastest. This is deliberately not the inverse of [`patchify_video`]:
+    the trained `final_linear_video` rows are in that order.
+
+    Args:
+        tokens (`torch.Tensor` of shape `(batch_size, T'*H'*W', pT*pH*pW*C)`)
+        patch_size (`tuple[int, int, int]`): `(pT, pH, pW)`.
+        grid_size (`tuple[int, int, int]`): `(T', H', W')`.
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size, C, T'*pT, H'*pH, W'*pW)`.
+    """
+    batch_size = tokens.shape[0]
+    p_t, p_h, p_w = patch_size
+    grid_t, grid_h, grid_w = grid_size
+    tokens = tokens.reshape(batch_size, grid_t, grid_h, grid_w, p_t, p_h, p_w, -1)
+    tokens = tokens.permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return tokens.reshape(batch_size, -1, grid_t * p_t, grid_h * p_h, grid_w * p_w)
+
+
+def get_magihuman_coords(
+    grid_size: tuple[int, int, int],
+    audio_length: int,
+    text_length: int,
+    coords_style: str = "v2",
+    text_offset: int = 0,
+    temporal_patch_size: int = 1,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    r"""
+    The 9-column coordinates `(t, h, w, T, H, W, T_ref, H_ref, W_ref)` of one packed sample (§2.5), fp32.
+
+    * video `(t, h, w)` on the `(T', H', W')` patch grid, reference = size ("extra" interpolation, fixed upstream);
+    * audio `i`: `(i, 0, 0)`, size `(N, 1, 1)`, reference `((N-1)//4 + 1) // pT` (v2) or `T'` (v1);
+    * text `j`: v2 `(j - n, 0, 0)` with reference 1 (zero RoPE angle), v1 `(j + text_offset, 0, 0)` with reference 2.
+
+    Args:
+        grid_size (`tuple[int, int, int]`): the video patch grid `(T', H', W')`.
+        audio_length (`int`): real audio tokens `N`.
+        text_length (`int`): real text tokens `n`.
+        coords_style (`str`): `"v2"` (base / distill) or `"v1"` (super-resolution models).
+        text_offset (`int`): v1 only, added to the text positions (0 in every release).
+        temporal_patch_size (`int`): `pT` (1 in every release).
+
+    Returns:
+        `torch.Tensor` of shape `(T'*H'*W' + N + n, 9)`.
+    """
+    grid_t, grid_h, grid_w = grid_size
+    if coords_style not in ("v1", "v2"):
+        raise ValueError(f"`coords_style` must be 'v1' or 'v2', got {coords_style!r}.")
+
+    def _axis_rows(shape, ref_shape, offset_t=0):
+        size_t, size_h, size_w = shape
+        t = torch.arange(size_t, device=device, dtype=torch.float32) + offset_t
+        h = torch.arange(size_h, device=device, dtype=torch.float32)
+        w = torch.arange(size_w, device=device, dtype=torch.float32)
+        grid = torch.stack(torch.meshgrid(t, h, w, indexing="ij"), dim=-1).reshape(-1, 3)
+        meta = torch.tensor([*shape, *ref_shape], device=device, dtype=torch.float32).expand(grid.shape[0], -1)
+        return torch.cat([grid, meta], dim=-1)
+
+    def _check_scale(name, size, ref):
+        # Upstream asserts that no RoPE scale (ref-1)/(size-1) is infinite (§2.5).
+        if size == 1 and ref != 1:
+            raise ValueError(
+                f"coords_style={coords_style!r} gives an infinite RoPE scale for {name} with length 1 (reference "
+                f"extent {ref}); the original model rejects this input too. Use at least 2 {name} tokens."
+            )
+
+    rows = [_axis_rows((grid_t, grid_h, grid_w), (grid_t, grid_h, grid_w))]
+    if audio_length > 0:
+        if coords_style == "v1":
+            audio_ref = grid_t
+        else:
+            audio_ref = ((audio_length - 1) // 4 + 1) // temporal_patch_size
+        _check_scale("audio", audio_length, audio_ref)
+        rows.append(_axis_rows((audio_length, 1, 1), (audio_ref, 1, 1)))
+    if text_length > 0:
+        if coords_style == "v1":
+            text_ref, offset = 2, text_offset
+        else:
+            text_ref, offset = 1, -text_length
+        _check_scale("text", text_length, text_ref)
+        rows.append(_axis_rows((text_length, 1, 1), (text_ref, 1, 1), offset_t=offset))
+    return torch.cat(rows, dim=0)
+
+
+@dataclass
+class MagiHumanTokenLayout:
+    r"""
+    Where each modality sits in the packed `(batch_size, seq_len)` sequence. Built once per forward and shared by all
+    blocks (no tensors to learn; it only routes tokens to experts and describes the attention pattern).
+
+    Per sample the order is `[video | real audio | real text | padding]`. The video part has the same length in every
+    sample; samples shorter than `seq_len` are right-padded.
+
+    Args:
+        batch_size (`int`), seq_len (`int`): the packed shape.
+        seq_lens (`list[int]`): real tokens per sample.
+        num_video_tokens (`int`): `T'*H'*W'`.
+        num_frames (`int`): `T'`; tokens_per_frame (`int`): `H'*W'`.
+        group_sizes (`list[int]`): flattened token counts per group (video, audio, text, padding) after sorting by
+            modality.
+        permutation, inverse_permutation (`torch.Tensor` or `None`): a stable sort of the flattened `batch*seq` tokens
+            by modality and its inverse; `None` when the flattened order is already sorted (always for batch size 1).
+        frame_receptive_field (`int`): local-attention half window in latent frames (negative: unlimited).
+    """
+
+    batch_size: int
+    seq_len: int
+    seq_lens: list[int]
+    num_video_tokens: int
+    num_frames: int
+    tokens_per_frame: int
+    group_sizes: list[int]
+    permutation: torch.Tensor | None = None
+    inverse_permutation: torch.Tensor | None = None
+    frame_receptive_field: int = -1
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def has_padding(self) -> bool:
+        return any(length != self.seq_len for length in self.seq_lens)
+
+    def local_attention_allowed(self, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        r"""
+        The local-attention rule of one sample (§6), on packed token indices: a video query of frame `i` sees video
+        keys of frames `i - F .. i + F`; every query sees the audio and text keys; audio/text queries see everything.
+        """
+        num_video, per_frame, window = self.num_video_tokens, self.tokens_per_frame, self.frame_receptive_field
+        near = (q_idx // per_frame - kv_idx // per_frame).abs() <= window
+        return (q_idx >= num_video) | (kv_idx >= num_video) | near
+
+    def local_attention_mask(self, seq_len: int, device: torch.device | None = None) -> torch.Tensor:
+        r"""Dense boolean `(seq_len, seq_len)` form of [`local_attention_allowed`] (`True` = attend); for debugging."""
+        idx = torch.arange(seq_len, device=device)
+        return self.local_attention_allowed(idx[:, None], idx[None, :])
+
+    @classmethod
+    def build(
+        cls,
+        audio_lengths: list[int],
+        text_lengths: list[int],
+        grid_size: tuple[int, int, int],
+        frame_receptive_field: int,
+        device: torch.device,
+    ) -> "MagiHumanTokenLayout":
+        grid_t, grid_h, grid_w = grid_size
+        num_video = grid_t * grid_h * grid_w
+        seq_lens = [num_video + a + t for a, t in zip(audio_lengths, text_lengths)]
+        seq_len = max(seq_lens)
+        batch_size = len(seq_lens)
+        group_sizes = [
+            num_video * batch_size,
+            sum(audio_lengths),
+            sum(text_lengths),
+            sum(seq_len - length for length in seq_lens),
+        ]
+        permutation = inverse = None
+        if batch_size > 1:
+            ids = []
+            for a, t, length in zip(audio_lengths, text_lengths, seq_lens):
+                ids += [MODALITY_VIDEO] * num_video + [MODALITY_AUDIO] * a + [MODALITY_TEXT] * t
+                ids += [_MODALITY_PAD] * (seq_len - length)
+            ids = torch.tensor(ids, dtype=torch.int64)
+            permutation = torch.argsort(ids, stable=True)
+            inverse = torch.argsort(permutation)
+            permutation, inverse = permutation.to(device), inverse.to(device)
+        return cls(
+            batch_size=batch_size,
+            seq_len=seq_len,
+            seq_lens=seq_lens,
+            num_video_tokens=num_video,
+            num_frames=grid_t,
+            tokens_per_frame=grid_h * grid_w,
+            group_sizes=group_sizes,
+            permutation=permutation,
+            inverse_permutation=inverse,
+            frame_receptive_field=frame_receptive_field,
+        )
+
+
+def apply_per_modality(module, hidden_states: torch.Tensor, layout: MagiHumanTokenLayout, fn=None):
+    r"""
+    Applies a shared module, or per-modality experts (one module each for video, audio, text), to packed tokens
+    (§3.2). There is no routing network: a token's expert is its modality. Padding rows get zeros.
+
+    Args:
+        module (`nn.Module` or `tuple[nn.Module, nn.Module, nn.Module]`): shared module, or the experts in the order
+            video, audio, text (see [`experts_of`]).
+        hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, ...)`)
+        layout ([`MagiHumanTokenLayout`])
+        fn (`Callable[[nn.Module, torch.Tensor], torch.Tensor]`, *optional*): how to call one module (default
+            `module(x)`).
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size, seq_len, ...)`.
+    """
+    if fn is None:
+
+        def fn(m, x):
+            return m(x)
+
+    if isinstance(module, nn.Module):
+        return fn(module, hidden_states)
+
+    lead_shape = hidden_states.shape[:2]
+    flat = hidden_states.flatten(0, 1)
+    if layout.permutation is not None:
+        flat = flat.index_select(0, layout.permutation)
+    chunks = flat.split(layout.group_sizes, dim=0)
+    outputs = [fn(expert, chunk) for expert, chunk in zip(module, chunks)]
+    num_pad = layout.group_sizes[3]
+    if num_pad:
+        outputs.append(outputs[0].new_zeros((num_pad,) + outputs[0].shape[1:]))
+    out = torch.cat(outputs, dim=0)
+    if layout.inverse_permutation is not None:
+        out = out.index_select(0, layout.inverse_permutation)
+    return out.unflatten(0, lead_shape)
+
+
+def _add_modules(owner: nn.Module, name: str, factory, num_experts: int) -> None:
+    # Shared layers get `name`; modality-expert layers get siblings `name_video`, `name_audio`, `name_text` (like
+    # diffusers' `to_q` / `add_q_proj`), each a real module, so PEFT target names, quantizers and layerwise casting
+    # see plain `nn.Linear`s and a target such as "to_qkv" never hits a container.
+    if num_experts == 1:
+        owner.add_module(name, factory())
+    else:
+        for modality in MODALITIES:
+            owner.add_module(f"{name}_{modality}", factory())
+
+
+def experts_of(owner: nn.Module, name: str):
+    r"""The shared module `owner.<name>`, or the experts `(owner.<name>_video, owner.<name>_audio, owner.<name>_text)`.
+
+    Returns:
+        `nn.Module` or `tuple[nn.Module, nn.Module, nn.Module]`.
+    """
+    if name in owner._modules:
+        return owner._modules[name]
+    return tuple(owner._modules[f"{name}_{modality}"] for modality in MODALITIES)
+
+
+def _linear_factory(in_features: int, out_features: int):
+    # Block linears are created in bf16 like upstream's (§3.8: "block weights are created as bf16 parameters"), so
+    # `from_pretrained` without `dtype=` keeps the released bf16 weights as they are.
+    return lambda: nn.Linear(in_features, out_features, bias=False, dtype=_BLOCK_COMPUTE_DTYPE)
+
+
+def _norm_factory(dim: int, eps: float):
+    return lambda: MagiHumanRMSNorm(dim, eps=eps)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class MagiHumanRMSNorm(nn.Module):
+    r"""
+    RMSNorm whose weight is stored **as an offset from 1** (§3.3): `y = rms(x) * (1 + weight)`, math in fp32, result
+    in the input dtype. A fresh norm (zero weight) is the identity scale.
+
+    Args:
+        dim (`int`): normalised width (last axis).
+        eps (`float`, defaults to `1e-6`).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim, dtype=torch.float32))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.float()
+        hidden_states = hidden_states * torch.rsqrt(torch.mean(hidden_states**2, dim=-1, keepdim=True) + self.eps)
+        return (hidden_states * (self.weight.float() + 1)).to(input_dtype)
+
+
+class MagiHumanRotaryPosEmbed(nn.Module):
+    r"""
+    Coordinate RoPE of the original (`ElementWiseFourierEmbed`, §5): `head_dim // 8` bands per axis for the three axes
+    `(t, h, w)`, so `3/4` of each head is rotated. Angle `theta[a, k] = (pos_a - centre_a) * scale_a * band_k` with
+    `scale = (ref - 1)/(size - 1)` (1 when `ref = size = 1`) and `centre = (size - 1)/2` for `h`, `w` (0 for `t`).
+
+    The bands `theta^(-k/B)` are a persistent buffer (`rope.bands`), loaded from the checkpoint like upstream.
+
+    Args:
+        head_dim (`int`): attention head dim `D` (must be divisible by 8).
+        theta (`float`, defaults to `10000.0`).
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0):
+        super().__init__()
+        num_bands = head_dim // 8
+        exponent = torch.arange(0, num_bands, dtype=torch.int64).to(torch.float32) / num_bands
+        self.register_buffer("bands", 1.0 / (theta**exponent), persistent=True)
+
+    def forward(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""
+        Args:
+            coords (`torch.Tensor` of shape `(..., 9)`): see [`get_magihuman_coords`].
+
+        Returns:
+            `(freqs_cos, freqs_sin)`, each `torch.Tensor` of shape `(..., 3 * head_dim // 8)` in fp32: axes `t, h, w`
+            with the band index fastest.
+        """
+        coords = coords.float()
+        positions, sizes, refs = coords[..., :3], coords[..., 3:6], coords[..., 6:9]
+        scales = (refs - 1) / (sizes - 1)
+        scales = torch.where((refs == 1) & (sizes == 1), torch.ones_like(scales), scales)
+        centers = (sizes - 1) / 2
+        centers = torch.cat([torch.zeros_like(centers[..., :1]), centers[..., 1:]], dim=-1)  # time is not centred
+        positions = positions - centers
+        proj = positions.unsqueeze(-1) * scales.unsqueeze(-1) * self.bands.float()
+        return proj.cos().flatten(-2), proj.sin().flatten(-2)
+
+
+def _resolve_backend_name(backend) -> str:
+    if backend is None:
+        try:
+            from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+            backend = _AttentionBackendRegistry.get_active_backend()[0]
+        except (ImportError, AttributeError):  # private API; fall back to the default backend
+            return "native"
+    return getattr(backend, "value", str(backend))
+
+
+class MagiHumanAttnProcessor:
+    r"""
+    Attention processor of MagiHuman (§3.4): packed q/k/v/gate projection (per modality in mm layers), per-head q/k
+    RMSNorm, coordinate RoPE in fp32, bf16 q/k/v, attention through diffusers' `dispatch_attention_fn`, per-head
+    sigmoid gating and the output projection.
+
+    Global layers attend over the whole packed sample. Local layers (SR-1080p, §6) let a video token of latent frame
+    `i` see the video tokens of frames `i - F .. i + F` plus all audio and text tokens, while audio and text tokens see
+    everything: one softmax over that union. It is computed as one flex `BlockMask` call on the `flex` backend, and
+    elsewhere (incl. flash backends, which take no mask) as one unmasked call per query frame over the gathered keys
+    of its window plus the audio/text keys, which is the same masked softmax. Samples of a padded batch are attended
+    one by one on their real tokens, so padding never attends or is attended and no mask is needed.
+
+    Args:
+        upcast (`bool`, *optional*):
+            Run the attention kernel on fp32 copies of the bf16 q/k/v and round its output to bf16, which is how the
+            reference fixtures were computed. `None` (default) does so on CPU only; on accelerators the bf16 tensors go
+            to the kernel as in the original.
+        local_attn_mode (`str`, defaults to `"masked"`):
+            `"masked"`: one softmax over the union of the local ranges (see above). `"upstream_fallback"`: reproduce
+            the original's non-Hopper fallback bit for bit (one fp32 attention per key range, each rounded to bf16,
+            merged by log-sum-exp in fp32, §6). Meant for parity checks; it ignores the attention backend.
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self, upcast: bool | None = None, local_attn_mode: str = "masked"):
+        if local_attn_mode not in ("masked", "upstream_fallback"):
+            raise ValueError(f"`local_attn_mode` must be 'masked' or 'upstream_fallback', got {local_attn_mode!r}.")
+        self.upcast = upcast
+        self.local_attn_mode = local_attn_mode
+
+    def __call__(
+        self,
+        attn: "MagiHumanAttention",
+        hidden_states: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        token_layout: MagiHumanTokenLayout,
+    ) -> torch.Tensor:
+        heads, kv_heads, head_dim = attn.heads, attn.kv_heads, attn.head_dim
+
+        # §3.4 steps 2-3: bf16 matmul with bf16 result, then fp32; split q | k | v | gate, head-major.
+        qkv = apply_per_modality(experts_of(attn, "to_qkv"), hidden_states, token_layout, bf16_compute_linear).float()
+        query, key, value, gate = qkv.split(
+            [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim, attn.gate_size], dim=-1
+        )
+        query = query.unflatten(-1, (heads, head_dim))
+        key = key.unflatten(-1, (kv_heads, head_dim))
+        value = value.unflatten(-1, (kv_heads, head_dim))
+
+        # §3.4 steps 4-5: per-head RMSNorm (per modality in mm layers), RoPE in fp32; v is not normalised or rotated.
+        query = apply_per_modality(experts_of(attn, "norm_q"), query, token_layout)
+        key = apply_per_modality(experts_of(attn, "norm_k"), key, token_layout)
+        freqs_cos, freqs_sin = rotary_emb
+        query = apply_magihuman_rotary_emb(query, freqs_cos, freqs_sin)
+        key = apply_magihuman_rotary_emb(key, freqs_cos, freqs_sin)
+
+        # §3.4 step 6: bf16 q/k/v, softmax scale 1/sqrt(D), bf16 output.
+        query, key, value = (x.to(_BLOCK_COMPUTE_DTYPE) for x in (query, key, value))
+        hidden_states = self._attention(query, key, value, token_layout, attn.is_local)
+
+        # §3.4 step 7: gate = sigmoid of the last Hq qkv columns, per token and head (bf16 * fp32 -> fp32 product).
+        if attn.gate_size:
+            hidden_states = hidden_states * torch.sigmoid(gate).unsqueeze(-1)
+        # §3.4 step 8: bf16 into the output projection (bf16 result, added to the fp32 residual by the block).
+        hidden_states = hidden_states.flatten(2).to(_BLOCK_COMPUTE_DTYPE)
+        return apply_per_modality(experts_of(attn, "to_out"), hidden_states, token_layout, bf16_compute_linear)
+
+    # -- attention core -----------------------------------------------------------------------------------------------
+
+    def _attention(self, query, key, value, layout: MagiHumanTokenLayout, is_local: bool) -> torch.Tensor:
+        upcast = self.upcast if self.upcast is not None else query.device.type == "cpu"
+        if upcast:
+            query, key, value = query.float(), key.float(), value.float()
+
+        if not layout.has_padding:
+            out = self._attention_sample(query, key, value, layout, is_local)
+        else:
+            # Attend sample by sample on the real tokens: padding neither attends nor is attended, and each sample
+            # gives the same result as alone, on every backend (no key-padding mask needed).
+            out = query.new_zeros(query.shape)
+            for b, length in enumerate(layout.seq_lens):
+                out[b : b + 1, :length] = self._attention_sample(
+                    query[b : b + 1, :length], key[b : b + 1, :length], value[b : b + 1, :length], layout, is_local
+                )
+        return out.to(_BLOCK_COMPUTE_DTYPE)
+
+    def _attention_sample(self, query, key, value, layout: MagiHumanTokenLayout, is_local: bool) -> torch.Tensor:
+        num_video, num_frames, window = layout.num_video_tokens, layout.num_frames, layout.frame_receptive_field
+        if not is_local or window < 0:  # a negative receptive field means unlimited, i.e. global attention
+            return self._dispatch(query, key, value)
+        if self.local_attn_mode == "upstream_fallback":
+            return _upstream_local_fallback(query, key, value, num_video, layout.tokens_per_frame, window)
+        if window >= num_frames - 1:  # a window covering every frame is global attention
+            return self._dispatch(query, key, value)
+
+        backend = _resolve_backend_name(self._attention_backend)
+        if backend == "flex":
+            return self._dispatch(query, key, value, attn_mask=self._local_block_mask(query, key, layout))
+
+        # One unmasked call per query frame: keys = the frames of its window + all audio and text tokens (§6).
+        per_frame = layout.tokens_per_frame
+        key_rest, value_rest = key[:, num_video:], value[:, num_video:]
+        outputs = []
+        for frame in range(num_frames):
+            start = max(frame - window, 0) * per_frame
+            end = min(frame + window + 1, num_frames) * per_frame
+            outputs.append(
+                self._dispatch(
+                    query[:, frame * per_frame : (frame + 1) * per_frame],
+                    torch.cat([key[:, start:end], key_rest], dim=1),
+                    torch.cat([value[:, start:end], value_rest], dim=1),
+                )
+            )
+        if query.shape[1] > num_video:
+            outputs.append(self._dispatch(query[:, num_video:], key, value))
+        return torch.cat(outputs, dim=1)
+
+    def _dispatch(self, query, key, value, attn_mask=None) -> torch.Tensor:
+        backend = _resolve_backend_name(self._attention_backend)
+        heads, kv_heads = query.shape[2], key.shape[2]
+        enable_gqa = False
+        if kv_heads != heads:
+            if backend in _GQA_FLAG_BACKENDS and self._parallel_config is None:
+                enable_gqa = True
+            elif backend not in _GQA_NATIVE_BACKENDS:
+                # Query head h uses kv head h // group (§3.4, flash-attn convention), hence repeat_interleave.
+                key = key.repeat_interleave(heads // kv_heads, dim=2)
+                value = value.repeat_interleave(heads // kv_heads, dim=2)
+        return dispatch_attention_fn(
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=0.0,
+            is_causal=False,
+            scale=query.shape[-1] ** -0.5,
+            enable_gqa=enable_gqa,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )
+
+    @staticmethod
+    def _local_block_mask(query, key, layout: MagiHumanTokenLayout):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        seq_len = query.shape[1]
+        cache_key = ("flex_local", seq_len, query.device)
+        if cache_key not in layout._cache:
+
+            def local_mask_mod(batch_idx, head_idx, q_idx, kv_idx):
+                return layout.local_attention_allowed(q_idx, kv_idx)
+
+            layout._cache[cache_key] = create_block_mask(
+                local_mask_mod, None, None, seq_len, key.shape[1], device=query.device
+            )
+        return layout._cache[cache_key]
+
+
+def _attention_with_lse(query, key, value) -> tuple[torch.Tensor, torch.Tensor]:
+    # fp32 attention of one key range: bf16 output and fp32 log-sum-exp `[B, Lq, H]`, like a flash-attn call.
+    heads, kv_heads = query.shape[2], key.shape[2]
+    query, key, value = query.float(), key.float(), value.float()
+    if kv_heads != heads:
+        key = key.repeat_interleave(heads // kv_heads, dim=2)
+        value = value.repeat_interleave(heads // kv_heads, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", query, key) * query.shape[-1] ** -0.5
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, dim=-1), value)
+    return out.to(_BLOCK_COMPUTE_DTYPE), lse.transpose(1, 2)
+
+
+def _upstream_local_fallback(query, key, value, num_video: int, per_frame: int, window: int) -> torch.Tensor:
+    r"""
+    The original's non-Hopper local attention (`_custom_flex_flash_attn_func`, §6): per video frame, one attention
+    over the local video window and one over the audio+text keys, each rounded to bf16, merged in fp32 by log-sum-exp
+    and rounded to bf16 again; audio/text queries attend to everything in one call. Numerically this differs from one
+    softmax only by that intermediate bf16 rounding.
+    """
+    num_frames = num_video // per_frame
+    seq_len = key.shape[1]
+    outputs = []
+    for frame in range(num_frames):
+        q = query[:, frame * per_frame : (frame + 1) * per_frame]
+        start = max(frame - window, 0) * per_frame
+        end = min(frame + window + 1, num_frames) * per_frame
+        out, lse = _attention_with_lse(q, key[:, start:end], value[:, start:end])
+        if seq_len > num_video:
+            out_r, lse_r = _attention_with_lse(q, key[:, num_video:], value[:, num_video:])
+            max_lse = torch.maximum(lse, lse_r)
+            se, se_r = torch.exp(lse - max_lse), torch.exp(lse_r - max_lse)
+            sum_se = se + se_r
+            out = out * (se / sum_se).unsqueeze(-1) + out_r * (se_r / sum_se).unsqueeze(-1)
+        outputs.append(out.to(_BLOCK_COMPUTE_DTYPE))
+    if seq_len > num_video:
+        outputs.append(_attention_with_lse(query[:, num_video:], key, value)[0])
+    return torch.cat(outputs, dim=1)
+
+
+class MagiHumanAttention(nn.Module, AttentionModuleMixin):
+    r"""
+    Self-attention of one MagiHuman layer (GQA, gated, q/k RMSNorm, coordinate RoPE).
+
+    Parameters: `to_qkv` (`hidden -> Hq*D + 2*Hkv*D + Hq`, rows `q | k | v | gate`), `norm_q`, `norm_k` (width `D`),
+    `to_out` (`Hq*D -> hidden`). Modality-expert layers have one of each per modality instead, suffixed `_video`,
+    `_audio`, `_text` (e.g. `to_qkv_audio`).
+
+    Args:
+        hidden_size (`int`), num_attention_heads (`int`), num_key_value_heads (`int`), head_dim (`int`)
+        num_experts (`int`): 1 (shared) or 3 (modality experts).
+        enable_gating (`bool`): per-head sigmoid output gate.
+        is_local (`bool`): SR-1080p local attention (see [`MagiHumanAttnProcessor`]).
+        eps (`float`): q/k norm epsilon.
+        processor (*optional*): defaults to [`MagiHumanAttnProcessor`].
+    """
+
+    _default_processor_cls = MagiHumanAttnProcessor
+    _available_processors = [MagiHumanAttnProcessor]
+    _supports_qkv_fusion = False
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_attention_heads: int,
+        num_key_value_heads: int,
+        head_dim: int,
+        num_experts: int = 1,
+        enable_gating: bool = True,
+        is_local: bool = False,
+        eps: float = 1e-6,
+        processor=None,
+    ):
+        super().__init__()
+        self.heads = num_attention_heads
+        self.kv_heads = num_key_value_heads
+        self.head_dim = head_dim
+        self.gate_size = num_attention_heads if enable_gating else 0
+        self.is_local = is_local
+        qkv_features = (num_attention_heads + 2 * num_key_value_heads) * head_dim + self.gate_size
+        _add_modules(self, "to_qkv", _linear_factory(hidden_size, qkv_features), num_experts)
+        _add_modules(self, "norm_q", _norm_factory(head_dim, eps), num_experts)
+        _add_modules(self, "norm_k", _norm_factory(head_dim, eps), num_experts)
+        _add_modules(self, "to_out", _linear_factory(num_attention_heads * head_dim, hidden_size), num_experts)
+        self.set_processor(processor if processor is not None else self._default_processor_cls())
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        token_layout: MagiHumanTokenLayout,
+    ) -> torch.Tensor:
+        r"""
+        Args:
+            hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, hidden_size)`): the pre-normed input.
+            rotary_emb (`tuple[torch.Tensor, torch.Tensor]`): `(cos, sin)`, each `(batch_size, seq_len, 3*D/8)`.
+            token_layout ([`MagiHumanTokenLayout`])
+
+        Returns:
+            `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)` in bf16.
+        """
+        return self.processor(self, hidden_states, rotary_emb, token_layout)
+
+
+class MagiHumanFeedForward(nn.Module):
+    r"""
+    MLP of one layer (§3.5): `up_proj` (bf16 result), clamped activation in fp32, `down_proj` (bf16 result); in
+    modality-expert layers one of each per modality (`up_proj_video`, ...).
+
+    `gelu7` layers have a plain `hidden -> I` `up_proj`. `swiglu7` layers have `hidden -> 2*I` with the gate rows
+    first and the linear rows second (the conversion script de-interleaves the original's alternating rows). With
+    `pad_to_multiple_of`, `I` is zero-padded (gate rows, linear rows and `down_proj` columns), which is exact: a zero
+    gate gives a zero activation.
+
+    Args:
+        hidden_size (`int`), intermediate_size (`int`): the (unpadded) `I`.
+        activation (`str`): `"gelu7"` or `"swiglu7"`.
+        num_experts (`int`): 1 or 3.
+        pad_to_multiple_of (`int`, *optional*): swiglu7 only.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        intermediate_size: int,
+        activation: str = "swiglu7",
+        num_experts: int = 1,
+        pad_to_multiple_of: int | None = None,
+    ):
+        super().__init__()
+        if activation not in ("gelu7", "swiglu7"):
+            raise ValueError(f"`activation` must be 'gelu7' or 'swiglu7', got {activation!r}.")
+        self.activation = activation
+        if activation == "swiglu7" and pad_to_multiple_of:
+            intermediate_size = -(-intermediate_size // pad_to_multiple_of) * pad_to_multiple_of
+        self.intermediate_size = intermediate_size
+        in_features = 2 * intermediate_size if activation == "swiglu7" else intermediate_size
+        _add_modules(self, "up_proj", _linear_factory(hidden_size, in_features), num_experts)
+        _add_modules(self, "down_proj", _linear_factory(intermediate_size, hidden_size), num_experts)
+
+    def forward(self, hidden_states: torch.Tensor, token_layout: MagiHumanTokenLayout) -> torch.Tensor:
+        r"""
+        Args:
+            hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, hidden_size)`): the pre-normed input.
+
+        Returns:
+            `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)` in fp32 (bf16-rounded values).
+        """
+        up_proj, down_proj = experts_of(self, "up_proj"), experts_of(self, "down_proj")
+        hidden_states = apply_per_modality(up_proj, hidden_states, token_layout, bf16_compute_linear).float()
+        if self.activation == "swiglu7":
+            gate, linear = hidden_states.chunk(2, dim=-1)
+            hidden_states = swiglu7(gate, linear)
+        else:
+            hidden_states = gelu7(hidden_states)
+        hidden_states = hidden_states.to(_BLOCK_COMPUTE_DTYPE)
+        return apply_per_modality(down_proj, hidden_states, token_layout, bf16_compute_linear).float()
+
+
+@maybe_allow_in_graph
+class MagiHumanTransformerBlock(nn.Module):
+    r"""
+    One pre-norm MagiHuman layer over the packed sequence: `h += attn(norm1(h))`, `h += ff(norm2(h))` with an fp32
+    residual stream (§3.4-3.5). Modality-expert layers hold per-modality norms and linears.
+
+    Args:
+        hidden_size (`int`), num_attention_heads (`int`), num_key_value_heads (`int`), head_dim (`int`)
+        intermediate_size (`int`): MLP width `I`.
+        activation (`str`): `"gelu7"` or `"swiglu7"`.
+        num_experts (`int`): 1 or 3.
+        enable_attn_gating (`bool`), is_local (`bool`)
+        post_norm (`bool`): extra RMSNorm on the attention and MLP outputs before the residual adds (unused by every
+            release, kept for completeness).
+        eps (`float`), pad_to_multiple_of (`int`, *optional*): see [`MagiHumanFeedForward`].
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_attention_heads: int,
+        num_key_value_heads: int,
+        head_dim: int,
+        intermediate_size: int,
+        activation: str = "swiglu7",
+        num_experts: int = 1,
+        enable_attn_gating: bool = True,
+        is_local: bool = False,
+        post_norm: bool = False,
+        eps: float = 1e-6,
+        pad_to_multiple_of: int | None = None,
+    ):
+        super().__init__()
+        _add_modules(self, "norm1", _norm_factory(hidden_size, eps), num_experts)
+        self.attn = MagiHumanAttention(
+            hidden_size,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            num_experts=num_experts,
+            enable_gating=enable_attn_gating,
+            is_local=is_local,
+            eps=eps,
+        )
+        _add_modules(self, "norm2", _norm_factory(hidden_size, eps), num_experts)
+        self.ff = MagiHumanFeedForward(
+            hidden_size, intermediate_size, activation, num_experts, pad_to_multiple_of=pad_to_multiple_of
+        )
+        self.post_norm = post_norm
+        if post_norm:
+            _add_modules(self, "attn_post_norm", _norm_factory(hidden_size, eps), num_experts)
+            _add_modules(self, "ff_post_norm", _norm_factory(hidden_size, eps), num_experts)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        token_layout: MagiHumanTokenLayout,
+    ) -> torch.Tensor:
+        r"""
+        Args:
+            hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, hidden_size)`): fp32 residual stream.
+            rotary_emb (`tuple[torch.Tensor, torch.Tensor]`): `(cos, sin)` of [`MagiHumanRotaryPosEmbed`].
+            token_layout ([`MagiHumanTokenLayout`])
+
+        Returns:
+            `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)`, fp32.
+        """
+        normed = apply_per_modality(experts_of(self, "norm1"), hidden_states, token_layout)
+        attn_output = self.attn(normed.to(_BLOCK_COMPUTE_DTYPE), rotary_emb, token_layout)
+        if self.post_norm:
+            attn_output = apply_per_modality(experts_of(self, "attn_post_norm"), attn_output, token_layout)
+        hidden_states = hidden_states + attn_output
+
+        normed = apply_per_modality(experts_of(self, "norm2"), hidden_states, token_layout)
+        ff_output = self.ff(normed.to(_BLOCK_COMPUTE_DTYPE), token_layout)
+        if self.post_norm:
+            ff_output = apply_per_modality(experts_of(self, "ff_post_norm"), ff_output, token_layout)
+        return hidden_states + ff_output
+
+
+def default_swiglu7_intermediate_size(hidden_size: int) -> int:
+    """`floor(floor(8d/3) / 4) * 4`, as upstream computes it (13652 for d = 5120)."""
+    return int(hidden_size * 4 * 2 / 3) // 4 * 4
+
+
+class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, CacheMixin, PeftAdapterMixin):
+    r"""
+    The daVinci-MagiHuman denoiser: a timestep-free single-stream DiT over packed video, audio and text tokens.
+
+    Inputs are packed inside the model (§2): video tokens (channel-major `pT x pH x pW` patches), then the real audio
+    tokens, then the real text tokens, each embedded by its own fp32 linear. Layers listed in `mm_layers` have one
+    expert (norms and linears) per modality; the others are shared. Outputs are the video prediction (spatial-major
+    unpacking, §2.4) and the audio prediction.
+
+    Args:
+        num_layers (`int`, defaults to 40): number of transformer layers.
+        hidden_size (`int`, defaults to 5120): residual width.
+        head_dim (`int`, defaults to 128): attention head dim (divisible by 8; `3/4` of it is rotated).
+        num_attention_heads (`int`, defaults to 40): query heads.
+        num_key_value_heads (`int`, defaults to 8): key/value heads (GQA; query head `h` uses kv head `h // group`).
+        in_channels (`int`, defaults to 48): video latent channels.
+        out_channels (`int`, *optional*): video output channels, defaults to `in_channels`.
+        patch_size (`tuple[int, int, int]`, defaults to `(1, 2, 2)`): video patch `(pT, pH, pW)`.
+        audio_in_channels (`int`, defaults to 64): audio latent channels (input and output).
+        text_in_channels (`int`, defaults to 3584): text embedding width.
+        mm_layers (`list[int]`): modality-expert layers.
+        gelu7_layers (`list[int]`): layers with the (ungated) gelu7 MLP; all others use swiglu7.
+        local_attn_layers (`list[int]`): SR-1080p local-attention layers; indices `>= num_layers` are ignored as in
+            the original.
+        post_norm_layers (`list[int]`): layers with post-norms (none in any release).
+        enable_attn_gating (`bool`, defaults to `True`): per-head sigmoid attention gate.
+        norm_eps (`float`, defaults to `1e-6`).
+        coords_style (`str`, defaults to `"v2"`): RoPE coordinates of audio/text, `"v2"` for base/distill, `"v1"` for
+            the super-resolution models (§2.5).
+        frame_receptive_field (`int`, defaults to 11): local-attention half window in latent frames.
+        text_offset (`int`, defaults to 0): v1 text position offset.
+        gelu7_intermediate_size (`int`, *optional*): defaults to `4 * hidden_size`.
+        swiglu7_intermediate_size (`int`, *optional*): defaults to `floor(floor(8 * hidden_size / 3) / 4) * 4`.
+        pad_swiglu_to_multiple_of (`int`, *optional*): zero-pad the swiglu7 width to a multiple of this (exact; faster
+            GEMMs, e.g. 8 makes 13652 -> 13656). Checkpoints must be converted with the same value.
+        rope_theta (`float`, defaults to 10000.0): RoPE base (the bands are also loaded from the checkpoint).
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["MagiHumanTransformerBlock"]
+    _repeated_blocks = ["MagiHumanTransformerBlock"]
+    _keep_in_fp32_modules = [
+        "video_embedder",
+        "audio_embedder",
+        "text_embedder",
+        "rope",
+        "norm_out_video",
+        "norm_out_audio",
+        "proj_out_video",
+        "proj_out_audio",
+    ] + [
+        name + suffix
+        for name in ("norm1", "norm2", "norm_q", "norm_k", "attn_post_norm", "ff_post_norm")
+        for suffix in ("", "_video", "_audio", "_text")
+    ]
+    _skip_layerwise_casting_patterns = ["embedder", "rope", "norm", r"^proj_out_video$", r"^proj_out_audio$"]
+
+    @register_to_config
+    def __init__(
+        self,
+        num_layers: int = 40,
+        hidden_size: int = 5120,
+        head_dim: int = 128,
+        num_attention_heads: int = 40,
+        num_key_value_heads: int = 8,
+        in_channels: int = 48,
+        out_channels: int | None = None,
+        patch_size: tuple[int, int, int] = (1, 2, 2),
+        audio_in_channels: int = 64,
+        text_in_channels: int = 3584,
+        mm_layers: tuple[int, ...] = (0, 1, 2, 3, 36, 37, 38, 39),
+        gelu7_layers: tuple[int, ...] = (0, 1, 2, 3),
+        local_attn_layers: tuple[int, ...] = (),
+        post_norm_layers: tuple[int, ...] = (),
+        enable_attn_gating: bool = True,
+        norm_eps: float = 1e-6,
+        coords_style: str = "v2",
+        frame_receptive_field: int = 11,
+        text_offset: int = 0,
+        gelu7_intermediate_size: int | None = None,
+        swiglu7_intermediate_size: int | None = None,
+        pad_swiglu_to_multiple_of: int | None = None,
+        rope_theta: float = 10000.0,
+    ):
+        super().__init__()
+        if head_dim % 8 != 0:
+            raise ValueError(f"`head_dim` must be divisible by 8 (3 RoPE axes of head_dim/8 bands), got {head_dim}.")
+        if num_attention_heads % num_key_value_heads != 0:
+            raise ValueError(
+                f"`num_attention_heads` ({num_attention_heads}) must be a multiple of `num_key_value_heads` "
+                f"({num_key_value_heads})."
+            )
+        if coords_style not in ("v1", "v2"):
+            raise ValueError(f"`coords_style` must be 'v1' or 'v2', got {coords_style!r}.")
+        for name, layers in (
+            ("mm_layers", mm_layers),
+            ("gelu7_layers", gelu7_layers),
+            ("local_attn_layers", local_attn_layers),
+            ("post_norm_layers", post_norm_layers),
+        ):
+            if any(int(i) < 0 for i in layers):
+                raise ValueError(f"`{name}` must hold non-negative layer indices, got {list(layers)}.")
+        out_channels = out_channels or in_channels
+        p_t, p_h, p_w = patch_size
+        patch_volume = p_t * p_h * p_w
+        gelu7_width = gelu7_intermediate_size or 4 * hidden_size
+        swiglu7_width = swiglu7_intermediate_size or default_swiglu7_intermediate_size(hidden_size)
+
+        # 1. Input embedders (fp32, §3.1) and RoPE.
+        self.video_embedder = nn.Linear(in_channels * patch_volume, hidden_size, bias=True)
+        self.audio_embedder = nn.Linear(audio_in_channels, hidden_size, bias=True)
+        self.text_embedder = nn.Linear(text_in_channels, hidden_size, bias=True)
+        self.rope = MagiHumanRotaryPosEmbed(head_dim, theta=rope_theta)
+
+        # 2. Transformer layers.
+        mm_set, gelu_set = set(mm_layers), set(gelu7_layers)
+        local_set, post_set = set(local_attn_layers), set(post_norm_layers)
+        self.blocks = nn.ModuleList(
+            [
+                MagiHumanTransformerBlock(
+                    hidden_size,
+                    num_attention_heads,
+                    num_key_value_heads,
+                    head_dim,
+                    intermediate_size=gelu7_width if i in gelu_set else swiglu7_width,
+                    activation="gelu7" if i in gelu_set else "swiglu7",
+                    num_experts=len(MODALITIES) if i in mm_set else 1,
+                    enable_attn_gating=enable_attn_gating,
+                    is_local=i in local_set,
+                    post_norm=i in post_set,
+                    eps=norm_eps,
+                    pad_to_multiple_of=pad_swiglu_to_multiple_of,
+                )
+                for i in range(num_layers)
+            ]
+        )
+
+        # 3. Output heads (fp32, §3.6).
+        self.norm_out_video = MagiHumanRMSNorm(hidden_size, eps=norm_eps)
+        self.norm_out_audio = MagiHumanRMSNorm(hidden_size, eps=norm_eps)
+        self.proj_out_video = nn.Linear(hidden_size, patch_volume * out_channels, bias=False)
+        self.proj_out_audio = nn.Linear(hidden_size, audio_in_channels, bias=False)
+
+        self.gradient_checkpointing = False
+
+    # -- input handling -----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _real_indices(mask: torch.Tensor | None, batch_size: int, length: int, name: str) -> list[torch.Tensor] | None:
+        # Per-sample indices of real tokens, or None when every token is real (then no gather is needed).
+        if mask is None:
+            return None
+        if mask.shape != (batch_size, length):
+            raise ValueError(f"`{name}` must have shape {(batch_size, length)}, got {tuple(mask.shape)}.")
+        mask = mask.bool()
+        if bool(mask.all()):
+            return None
+        return [torch.nonzero(mask[b], as_tuple=False).squeeze(-1) for b in range(batch_size)]
+
+    def _embed(self, linear: nn.Linear, hidden_states: torch.Tensor) -> torch.Tensor:
+        # fp32 islands are explicit: robust to `.to(bf16)` and layerwise casting of the whole model.
+        return linear(hidden_states.to(linear.weight.dtype)).float()
+
+    @apply_lora_scale("attention_kwargs")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        audio_hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        audio_attention_mask: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
+        return_dict: bool = True,
+    ) -> MagiHumanTransformerOutput | tuple[torch.Tensor, torch.Tensor]:
+        r"""
+        The [`MagiHumanTransformer3DModel`] forward method. There is no timestep input: the model infers the noise
+        level from the latents.
+
+        Args:
+            hidden_states (`torch.Tensor` of shape `(batch_size, in_channels, num_frames, height, width)`):
+                Noisy video latent (fp32). `num_frames`, `height`, `width` must be divisible by the patch size.
+            audio_hidden_states (`torch.Tensor` of shape `(batch_size, audio_sequence_length, audio_in_channels)`):
+                Noisy audio latent.
+            encoder_hidden_states (`torch.Tensor` of shape `(batch_size, text_sequence_length, text_in_channels)`):
+                Text embeddings.
+            audio_attention_mask (`torch.Tensor` of shape `(batch_size, audio_sequence_length)`, *optional*):
+                `True`/1 for real audio tokens. `None`: all real.
+            encoder_attention_mask (`torch.Tensor` of shape `(batch_size, text_sequence_length)`, *optional*):
+                `True`/1 for real text tokens; padded rows are dropped, like the original (§2.2). `None`: all real.
+            attention_kwargs (`dict`, *optional*): only `scale` (LoRA scale) is read.
+            return_dict (`bool`, defaults to `True`): return a [`MagiHumanTransformerOutput`] instead of a tuple.
+
+        Returns:
+            [`MagiHumanTransformerOutput`] or `tuple(sample, audio_sample)`, both fp32: `sample` of shape
+            `(batch_size, out_channels, num_frames, height, width)` and `audio_sample` of shape
+            `(batch_size, audio_sequence_length, audio_in_channels)` (zero at padded rows).
+        """
+        config = self.config
+        if hidden_states.ndim != 5:
+            raise ValueError(
+                f"`hidden_states` must be a video latent (batch, channels, frames, height, width), got shape "
+                f"{tuple(hidden_states.shape)}."
+            )
+        batch_size, _, num_frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = config.patch_size
+        if num_frames % p_t or height % p_h or width % p_w:
+            raise ValueError(
+                f"Video latent frames/height/width {(num_frames, height, width)} must be divisible by the patch size "
+                f"{tuple(config.patch_size)}."
+            )
+        if audio_hidden_states.ndim != 3 or audio_hidden_states.shape[0] != batch_size:
+            raise ValueError(
+                f"`audio_hidden_states` must have shape (batch={batch_size}, length, {config.audio_in_channels}), got "
+                f"{tuple(audio_hidden_states.shape)}."
+            )
+        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != batch_size:
+            raise ValueError(
+                f"`encoder_hidden_states` must have shape (batch={batch_size}, length, {config.text_in_channels}), "
+                f"got {tuple(encoder_hidden_states.shape)}."
+            )
+        device = hidden_states.device
+        grid_size = (num_frames // p_t, height // p_h, width // p_w)
+        num_video = grid_size[0] * grid_size[1] * grid_size[2]
+        audio_len, text_len = audio_hidden_states.shape[1], encoder_hidden_states.shape[1]
+
+        # 1. Embed each modality (fp32 linears) and pack [video | real audio | real text | padding] (§2.2-2.3, §3.1).
+        video = self._embed(self.video_embedder, patchify_video(hidden_states, config.patch_size))
+        audio = self._embed(self.audio_embedder, audio_hidden_states)
+        text = self._embed(self.text_embedder, encoder_hidden_states)
+
+        audio_idx = self._real_indices(audio_attention_mask, batch_size, audio_len, "audio_attention_mask")
+        text_idx = self._real_indices(encoder_attention_mask, batch_size, text_len, "encoder_attention_mask")
+        audio_lengths = [audio_len] * batch_size if audio_idx is None else [len(i) for i in audio_idx]
+        text_lengths = [text_len] * batch_size if text_idx is None else [len(i) for i in text_idx]
+        layout = MagiHumanTokenLayout.build(
+            audio_lengths, text_lengths, grid_size, config.frame_receptive_field, device
+        )
+
+        coords_kwargs = {
+            "coords_style": config.coords_style,
+            "text_offset": config.text_offset,
+            "temporal_patch_size": p_t,
+            "device": device,
+        }
+        if audio_idx is None and text_idx is None:
+            packed = torch.cat([video, audio, text], dim=1)
+            coords = get_magihuman_coords(grid_size, audio_len, text_len, **coords_kwargs)
+            coords = coords.unsqueeze(0).expand(batch_size, -1, -1)
+        else:
+            packed = video.new_zeros(batch_size, layout.seq_len, video.shape[-1])
+            # Padding rows: size = ref = 1 at position 0, i.e. a finite, zero RoPE angle.
+            coords = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1], dtype=torch.float32, device=device)
+            coords = coords.repeat(batch_size, layout.seq_len, 1)
+            for b in range(batch_size):
+                audio_b = audio[b] if audio_idx is None else audio[b, audio_idx[b]]
+                text_b = text[b] if text_idx is None else text[b, text_idx[b]]
+                length = layout.seq_lens[b]
+                packed[b, :length] = torch.cat([video[b], audio_b, text_b], dim=0)
+                coords[b, :length] = get_magihuman_coords(
+                    grid_size, audio_lengths[b], text_lengths[b], **coords_kwargs
+                )
+        rotary_emb = self.rope(coords)
+
+        # 2. Transformer layers on the fp32 residual stream.
+        hidden = packed
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            for block in self.blocks:
+                hidden = self._gradient_checkpointing_func(block, hidden, rotary_emb, layout)
+        else:
+            for block in self.blocks:
+                hidden = block(hidden, rotary_emb, layout)
+
+        # 3. Output heads (fp32) and unpacking (§3.6, §2.4).
+        video_out = hidden[:, :num_video].float()
+        video_out = self.proj_out_video(
+            self.norm_out_video(video_out).to(self.proj_out_video.weight.dtype)
+        ).float()
+        sample = unpatchify_video(video_out, config.patch_size, grid_size)
+
+        if audio_idx is None:
+            audio_rows = hidden[:, num_video : num_video + audio_len].float()
+            audio_sample = self.proj_out_audio(self.norm_out_audio(audio_rows).to(self.proj_out_audio.weight.dtype))
+            audio_sample = audio_sample.float()
+        else:
+            audio_sample = hidden.new_zeros(batch_size, audio_len, config.audio_in_channels)
+            for b in range(batch_size):
+                rows = hidden[b, num_video : num_video + audio_lengths[b]].float()
+                rows = self.proj_out_audio(self.norm_out_audio(rows).to(self.proj_out_audio.weight.dtype))
+                audio_sample[b, audio_idx[b]] = rows.float()
+
+        if not return_dict:
+            return (sample, audio_sample)
+        return MagiHumanTransformerOutput(sample=sample, audio_sample=audio_sample)
+
+
+def _register_block_with_diffusers_caches() -> None:
+    # Block-level caches (FirstBlockCache, MagCache, ...) look blocks up in diffusers' private registry.
+    try:
+        from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+    except ImportError:
+        return
+    try:
+        metadata = TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None)
+        registry = getattr(TransformerBlockRegistry, "_registry", None)
+        if isinstance(registry, dict):
+            # Insert directly: `register()` would first import and register every diffusers transformer (slow import).
+            metadata._cls = MagiHumanTransformerBlock
+            registry[MagiHumanTransformerBlock] = metadata
+        else:
+            TransformerBlockRegistry.register(model_class=MagiHumanTransformerBlock, metadata=metadata)
+    except Exception as error:  # private API: never break the import over it
+        logger.debug(f"Could not register MagiHumanTransformerBlock with diffusers' cache registry: {error}")
+
+
+_register_block_with_diffusers_caches()
