@@ -1,0 +1,785 @@
+# Copyright 2026 The diffusers-magihuman Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The daVinci-MagiHuman Turbo-VAE: a distilled, decode-only replacement for the Wan2.2 VAE decoder.
+
+It maps normalised Wan2.2 latents `[B, 48, T, h, w]` to RGB video `[B, 3, 4(T-1)+1, 16h, 16w]` in [-1, 1] (not
+clamped). The module tree under `decoder.` mirrors upstream's `TurboVAED.decoder`, so an original checkpoint loads
+after stripping its `module.` prefix (see `conversion/convert_turbo_vae_to_diffusers.py`). Behaviour follows
+`pipeline.md` §7.1 / §7.2 of the project spec.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import logging
+from diffusers.utils.accelerate_utils import apply_forward_hook
+
+
+logger = logging.get_logger(__name__)
+
+
+# Wan2.2 (TI2V-5B) per-channel latent statistics, as hard-coded in upstream's turbo_vaed_module.py (spec §7.1).
+WAN22_LATENTS_MEAN = [
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
+    0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313, -0.1649, 0.0117, 0.0723,
+    -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
+]  # fmt: skip
+WAN22_LATENTS_STD = [
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+]  # fmt: skip
+
+
+def _frames_to_batch(x: torch.Tensor) -> torch.Tensor:
+    """`[B, C, T, H, W]` -> `[B*T, C, H, W]` (frame-major, as upstream's `b c t h w -> (b t) c h w`)."""
+    b, c, t, h, w = x.shape
+    return x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+
+
+def _batch_to_frames(x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """`[B*T, C, H, W]` -> `[B, C, T, H, W]`."""
+    bt, c, h, w = x.shape
+    return x.reshape(batch_size, bt // batch_size, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+def _replicate_pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pads `[B, C, T, H, W]` in time with `pad` copies of the first frame in front and of the last frame behind."""
+    if pad == 0:
+        return x
+    return torch.cat([x[:, :, :1].expand(-1, -1, pad, -1, -1), x, x[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
+
+
+def unpatchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    r"""Folds channel patches back into space, like Wan's `b (c r q) t h w -> b c t (h q) (w r)`.
+
+    Channel `c * p * p + pw * p + ph` goes to output pixel `(p * y + ph, p * x + pw)` (spec §7.2).
+
+    Args:
+        x (`torch.Tensor`): `[B, C * p * p, T, H, W]`.
+        patch_size (`int`): `p`.
+
+    Returns:
+        `torch.Tensor`: `[B, C, T, H * p, W * p]`.
+    """
+    if patch_size == 1:
+        return x
+    b, cpp, t, h, w = x.shape
+    c = cpp // (patch_size * patch_size)
+    x = x.reshape(b, c, patch_size, patch_size, t, h, w)  # [b, c, pw, ph, t, h, w]
+    x = x.permute(0, 1, 4, 5, 3, 6, 2)  # [b, c, t, h, ph, w, pw]
+    return x.reshape(b, c, t, h * patch_size, w * patch_size)
+
+
+class TurboVAEDRMSNorm(nn.Module):
+    r"""Channel RMS norm without a weight: `x * rsqrt(mean_c(x^2) + eps)` over dim 1.
+
+    The mean of squares is taken in float32; the product is formed in float32 (type promotion) and cast back to the
+    input dtype, as upstream does.
+    """
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        variance = hidden_states.float().pow(2).mean(1, keepdim=True)
+        return (hidden_states * torch.rsqrt(variance + self.eps)).to(hidden_states.dtype)
+
+
+class TurboVAEDConv3d(nn.Module):
+    r"""3D convolution with replicate padding in time and zero padding in space (upstream `TurboVAEDCausalConv3d`).
+
+    Despite upstream's name it is not causal: `(kt - 1) // 2` copies of the first / last frame are added on each
+    side in time, so `T` is preserved (spec §7.2).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int, int] = 3) -> None:
+        super().__init__()
+        if isinstance(kernel_size, int):
+            kernel_size = (kernel_size, kernel_size, kernel_size)
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv3d(
+            in_channels, out_channels, kernel_size, padding=(0, kernel_size[1] // 2, kernel_size[2] // 2)
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = _replicate_pad_time(hidden_states, (self.kernel_size[0] - 1) // 2)
+        return self.conv(hidden_states)
+
+
+class TurboVAEDDepthwiseSeparableConv3d(nn.Module):
+    r"""Depthwise (groups = C) k×k×k convolution followed by a pointwise 1×1×1 convolution (`decoder_is_dw_conv`).
+
+    Time is replicate-padded first, as in [`TurboVAEDConv3d`].
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.kernel_size = (kernel_size, kernel_size, kernel_size)
+        self.depthwise_conv = nn.Conv3d(
+            in_channels,
+            in_channels,
+            self.kernel_size,
+            groups=in_channels,
+            padding=(0, kernel_size // 2, kernel_size // 2),
+        )
+        self.pointwise_conv = nn.Conv3d(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = _replicate_pad_time(hidden_states, (self.kernel_size[0] - 1) // 2)
+        return self.pointwise_conv(self.depthwise_conv(hidden_states))
+
+
+class TurboVAEDResnetBlock3d(nn.Module):
+    r"""Pre-norm residual block: `RMS -> act1 -> conv1 -> RMS -> SiLU -> conv2 (+ RMS -> 1×1×1 shortcut)`.
+
+    Args:
+        in_channels (`int`): Input channels.
+        out_channels (`int`, *optional*): Output channels (default `in_channels`).
+        eps (`float`): Epsilon of the shortcut norm (`resnet_norm_eps`); the two main norms use 1e-8 (upstream).
+        first_activation (`str`): `"silu"` or `"relu"` for act1. Upstream switches act1 to ReLU in the resnets of
+            up-blocks that own an upsampler (`is_upsampler_modified`, spec §7.2).
+        is_dw_conv (`bool`): Use depthwise-separable convolutions of size `dw_kernel_size`, else dense 3×3×3.
+        dw_kernel_size (`int`): Kernel size of the depthwise convolutions.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        eps: float = 1e-6,
+        first_activation: str = "silu",
+        is_dw_conv: bool = False,
+        dw_kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or in_channels
+        if first_activation not in ("silu", "relu"):
+            raise ValueError(f"first_activation must be 'silu' or 'relu', got {first_activation!r}.")
+
+        conv_cls = TurboVAEDDepthwiseSeparableConv3d if is_dw_conv else TurboVAEDConv3d
+        kernel_size = dw_kernel_size if is_dw_conv else 3
+
+        self.norm1 = TurboVAEDRMSNorm(1e-8)
+        self.act1 = nn.ReLU() if first_activation == "relu" else nn.SiLU()
+        self.conv1 = conv_cls(in_channels, out_channels, kernel_size)
+        self.norm2 = TurboVAEDRMSNorm(1e-8)
+        self.act2 = nn.SiLU()
+        self.conv2 = conv_cls(out_channels, out_channels, kernel_size)
+
+        self.norm3 = None
+        self.conv_shortcut = None
+        if in_channels != out_channels:
+            self.norm3 = TurboVAEDRMSNorm(eps)
+            self.conv_shortcut = conv_cls(in_channels, out_channels, 1)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.conv1(self.act1(self.norm1(inputs)))
+        # dropout is 0 upstream and omitted here
+        hidden_states = self.conv2(self.act2(self.norm2(hidden_states)))
+        if self.conv_shortcut is not None:
+            inputs = self.conv_shortcut(self.norm3(inputs))
+        return hidden_states + inputs
+
+
+class TurboVAEDUpsample2x(nn.Module):
+    r"""Nearest-exact 2× spatial upsampling of `[N, C, H, W]`, computed in float32 and cast back (upstream
+    `WanUpsample`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x.float(), scale_factor=(2.0, 2.0), mode="nearest-exact").to(x.dtype)
+
+
+class TurboVAEDResample(nn.Module):
+    r"""Upsampler of an up-block (upstream `WanResample`).
+
+    * `"upsample3d"`: `time_conv` (3,1,1) C -> 2C, channel halves interleaved in time (`T -> 2T`, or `2T - 1` on the
+      first chunk, which drops output frame 0, spec §7.2 / §9.21), then per frame 2× nearest + Conv2d 3×3.
+    * `"upsample2d"`: only the per-frame spatial part.
+
+    Args:
+        dim (`int`): Channels (kept).
+        mode (`str`): `"upsample2d"` or `"upsample3d"`.
+    """
+
+    def __init__(self, dim: int, mode: str) -> None:
+        super().__init__()
+        if mode not in ("upsample2d", "upsample3d"):
+            raise ValueError(f"mode must be 'upsample2d' or 'upsample3d', got {mode!r}.")
+        self.mode = mode
+        # Sequential so that the conv is `resample.1`, the original checkpoint key.
+        self.resample = nn.Sequential(TurboVAEDUpsample2x(), nn.Conv2d(dim, dim, 3, padding=1))
+        self.time_conv = TurboVAEDConv3d(dim, dim * 2, (3, 1, 1)) if mode == "upsample3d" else None
+
+    def forward(self, x: torch.Tensor, is_first_chunk: bool = True) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        if self.time_conv is not None:
+            x = self.time_conv(x)
+            # `b (n c) t h w -> b c (t n) h w`: out[:, c, 2t + n] = conv[:, n * C + c, t]
+            x = x.reshape(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
+            if is_first_chunk:
+                x = x[:, :, 1:]
+        return _batch_to_frames(self.resample(_frames_to_batch(x)), b)
+
+
+class TurboVAEDPixelShuffleUpsampler(nn.Module):
+    r"""Per-frame Conv2d 3×3 C -> C then `pixel_shuffle(2)` (C/4 channels at 2× size); upstream
+    `TurboVAEDConv2dSplitUpsampler`, used when `use_unpatchify=False`."""
+
+    def __init__(self, in_channels: int, upscale_factor: int = 2) -> None:
+        super().__init__()
+        self.upscale_factor = upscale_factor
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        # Upstream loops over frames; one batched conv differs only by rounding (~1e-6 in fp32).
+        frames = F.pixel_shuffle(self.conv(_frames_to_batch(x)), self.upscale_factor)
+        return _batch_to_frames(frames, b)
+
+
+class TurboVAEDMidBlock3d(nn.Module):
+    r"""`num_layers` SiLU resnets at constant width."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_layers: int = 1,
+        resnet_eps: float = 1e-6,
+        is_dw_conv: bool = False,
+        dw_kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            [
+                TurboVAEDResnetBlock3d(
+                    in_channels, in_channels, eps=resnet_eps, is_dw_conv=is_dw_conv, dw_kernel_size=dw_kernel_size
+                )
+                for _ in range(num_layers)
+            ]
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        for resnet in self.resnets:
+            hidden_states = resnet(hidden_states)
+        return hidden_states
+
+
+class TurboVAEDUpBlock3d(nn.Module):
+    r"""`[conv_in resnet if the width changes] -> [upsampler] -> resnets`.
+
+    Args:
+        in_channels (`int`): Input channels.
+        out_channels (`int`): Output channels.
+        num_layers (`int`): Number of resnets after the upsampler.
+        resnet_eps (`float`): `resnet_norm_eps`.
+        spatio_temporal_scale (`bool`): Whether the block has an upsampler.
+        spatio_only (`bool`): Spatial-only (`upsample2d`) instead of spatio-temporal (`upsample3d`) upsampler.
+        is_dw_conv (`bool`), dw_kernel_size (`int`): Convolution type of the resnets.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_layers: int = 1,
+        resnet_eps: float = 1e-6,
+        spatio_temporal_scale: bool = True,
+        spatio_only: bool = False,
+        is_dw_conv: bool = False,
+        dw_kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        self.conv_in = None
+        if in_channels != out_channels:
+            # the width-changing resnet always uses SiLU (spec §7.2)
+            self.conv_in = TurboVAEDResnetBlock3d(
+                in_channels, out_channels, eps=resnet_eps, is_dw_conv=is_dw_conv, dw_kernel_size=dw_kernel_size
+            )
+
+        self.upsamplers = None
+        if spatio_temporal_scale:
+            mode = "upsample2d" if spatio_only else "upsample3d"
+            self.upsamplers = nn.ModuleList([TurboVAEDResample(out_channels, mode)])
+
+        # Upstream quirk (spec §7.2): act1 is ReLU in every resnet of a block that has an upsampler.
+        first_activation = "relu" if spatio_temporal_scale else "silu"
+        self.resnets = nn.ModuleList(
+            [
+                TurboVAEDResnetBlock3d(
+                    out_channels,
+                    out_channels,
+                    eps=resnet_eps,
+                    first_activation=first_activation,
+                    is_dw_conv=is_dw_conv,
+                    dw_kernel_size=dw_kernel_size,
+                )
+                for _ in range(num_layers)
+            ]
+        )
+
+    def forward(self, hidden_states: torch.Tensor, is_first_chunk: bool) -> torch.Tensor:
+        if self.conv_in is not None:
+            hidden_states = self.conv_in(hidden_states)
+        if self.upsamplers is not None:
+            for upsampler in self.upsamplers:
+                hidden_states = upsampler(hidden_states, is_first_chunk=is_first_chunk)
+        for resnet in self.resnets:
+            hidden_states = resnet(hidden_states)
+        return hidden_states
+
+
+class TurboVAEDDecoder3d(nn.Module):
+    r"""The Turbo-VAE decoder network (upstream `TurboVAEDDecoder3d`).
+
+    All per-block lists are given in **encoder order** and reversed here, as upstream does.
+
+    Args:
+        in_channels (`int`): Latent channels.
+        out_channels (`int`): Output (RGB) channels.
+        block_out_channels (`tuple[int, ...]`): Widths, encoder order.
+        spatio_temporal_scaling (`tuple[bool, ...]`): Which blocks upsample, encoder order.
+        layers_per_block (`tuple[int, ...]`): Resnets of the mid block followed by each up block, encoder order
+            (`len(block_out_channels) + 1` entries, the last one belongs to the mid block).
+        patch_size (`int`): Spatial unpatchify size (must be 2).
+        resnet_norm_eps (`float`): Epsilon of the shortcut norms.
+        is_dw_conv (`tuple[bool, ...]`): Depthwise-separable convs per block (same layout as `layers_per_block`).
+        dw_kernel_size (`int`): Depthwise kernel size.
+        spatio_only (`tuple[bool, ...]`): Spatial-only upsamplers, encoder order.
+        use_unpatchify (`bool`): Unpatchify the `conv_out` channels (True) or use a final per-frame
+            conv + pixel-shuffle stage (False).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 48,
+        out_channels: int = 3,
+        block_out_channels: tuple[int, ...] = (64, 128, 256, 512),
+        spatio_temporal_scaling: tuple[bool, ...] = (False, True, True, True),
+        layers_per_block: tuple[int, ...] = (2, 2, 2, 3, 3),
+        patch_size: int = 2,
+        resnet_norm_eps: float = 1e-6,
+        is_dw_conv: tuple[bool, ...] = (False, False, False, False, False),
+        dw_kernel_size: int = 5,
+        spatio_only: tuple[bool, ...] = (False, True, False, False),
+        use_unpatchify: bool = True,
+    ) -> None:
+        super().__init__()
+        n = len(block_out_channels)
+        for name, value, expected in (
+            ("spatio_temporal_scaling", spatio_temporal_scaling, n),
+            ("spatio_only", spatio_only, n),
+            ("layers_per_block", layers_per_block, n + 1),
+            ("is_dw_conv", is_dw_conv, n + 1),
+        ):
+            if len(value) != expected:
+                raise ValueError(
+                    f"decoder_{name} has {len(value)} entries but {expected} are needed for "
+                    f"{n} decoder_block_out_channels."
+                )
+        if patch_size != 2:
+            raise ValueError(
+                f"The Turbo-VAE decoder only supports patch_size=2 (upstream asserts it), got {patch_size}."
+            )
+
+        self.patch_size = patch_size
+        self.use_unpatchify = use_unpatchify
+
+        block_out_channels = tuple(reversed(block_out_channels))
+        spatio_temporal_scaling = tuple(reversed(spatio_temporal_scaling))
+        layers_per_block = tuple(reversed(layers_per_block))
+        is_dw_conv = tuple(reversed(is_dw_conv))
+        spatio_only = tuple(reversed(spatio_only))
+
+        channels = block_out_channels[0]
+        self.conv_in = TurboVAEDConv3d(in_channels, channels, 3)
+        self.mid_block = TurboVAEDMidBlock3d(
+            channels,
+            num_layers=layers_per_block[0],
+            resnet_eps=resnet_norm_eps,
+            is_dw_conv=is_dw_conv[0],
+            dw_kernel_size=dw_kernel_size,
+        )
+
+        self.up_blocks = nn.ModuleList()
+        for i in range(n):
+            self.up_blocks.append(
+                TurboVAEDUpBlock3d(
+                    channels,
+                    block_out_channels[i],
+                    num_layers=layers_per_block[i + 1],
+                    resnet_eps=resnet_norm_eps,
+                    spatio_temporal_scale=spatio_temporal_scaling[i],
+                    spatio_only=spatio_only[i],
+                    is_dw_conv=is_dw_conv[i + 1],
+                    dw_kernel_size=dw_kernel_size,
+                )
+            )
+            channels = block_out_channels[i]
+
+        self.norm_up_1 = None
+        self.upsampler2d_1 = None
+        if not use_unpatchify:
+            if channels % 4 != 0:
+                raise ValueError(
+                    f"use_unpatchify=False pixel-shuffles the last width ({channels}) by 2, so it must be divisible "
+                    "by 4."
+                )
+            self.norm_up_1 = TurboVAEDRMSNorm(1e-8)
+            self.upsampler2d_1 = TurboVAEDPixelShuffleUpsampler(channels, upscale_factor=2)
+            channels = channels // 4
+
+        self.norm_out = TurboVAEDRMSNorm(1e-8)
+        self.conv_act = nn.SiLU()
+        conv_out_channels = out_channels * patch_size * patch_size if use_unpatchify else out_channels
+        self.conv_out = TurboVAEDConv3d(channels, conv_out_channels, 3)
+
+        num_upsample3d = sum(1 for s, o in zip(spatio_temporal_scaling, spatio_only) if s and not o)
+        self.temporal_upscale = 2**num_upsample3d
+        self.spatial_upscale = 2 ** sum(1 for s in spatio_temporal_scaling if s) * 2
+
+    def forward(self, hidden_states: torch.Tensor, is_first_chunk: bool) -> torch.Tensor:
+        r"""
+        Args:
+            hidden_states (`torch.Tensor`): Denormalised latent window `[B, C_lat, t, h, w]`.
+            is_first_chunk (`bool`): The window starts the clip (each `upsample3d` then drops its first frame).
+
+        Returns:
+            `torch.Tensor`: `[B, out_channels, t', h * 16, w * 16]` with `t' = 4t - 3` on the first chunk else `4t`
+            (real config).
+        """
+        hidden_states = self.conv_in(hidden_states)
+        hidden_states = self.mid_block(hidden_states)
+        for up_block in self.up_blocks:
+            hidden_states = up_block(hidden_states, is_first_chunk=is_first_chunk)
+
+        if self.upsampler2d_1 is not None:
+            hidden_states = self.upsampler2d_1(self.conv_act(self.norm_up_1(hidden_states)))
+
+        hidden_states = self.conv_out(self.conv_act(self.norm_out(hidden_states)))
+        if self.use_unpatchify:
+            hidden_states = unpatchify(hidden_states, self.patch_size)
+        return hidden_states
+
+
+class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
+    r"""Decode-only Turbo-VAE of daVinci-MagiHuman (a distilled Wan2.2 decoder).
+
+    `decode` takes the **normalised** Wan2.2 latent the DiT produces, denormalises it with the Wan2.2 tables and
+    decodes it in overlapping temporal windows (`first_chunk_size` latent frames, then `step_size` per window, plus
+    one latent frame of context on each side), so peak memory does not grow with clip length.
+
+    Args:
+        latent_channels (`int`, defaults to 48): Latent channels.
+        out_channels (`int`, defaults to 3): Output channels.
+        decoder_block_out_channels (`tuple[int, ...]`): Block widths, **encoder order** (reversed by the decoder).
+        decoder_layers_per_block (`tuple[int, ...]`): Resnets per block, encoder order; `len(widths) + 1` entries.
+        decoder_spatio_temporal_scaling (`tuple[bool, ...]`): Blocks with an upsampler, encoder order.
+        decoder_spatio_only (`tuple[bool, ...]`): Upsamplers that are spatial only, encoder order.
+        decoder_is_dw_conv (`tuple[bool, ...]`): Depthwise-separable convs per block, like `decoder_layers_per_block`.
+        decoder_dw_kernel_size (`int`, defaults to 5): Depthwise kernel size.
+        decoder_causal (`bool`, defaults to False): Must be False (upstream asserts it).
+        patch_size (`int`, defaults to 2): Must be 2.
+        patch_size_t (`int`, defaults to 1): Temporal patch size (unused by the decoder, kept for the config).
+        resnet_norm_eps (`float`, defaults to 1e-6): Epsilon of the resnet shortcut norms.
+        first_chunk_size (`int`, defaults to 7): Latent frames of the first window.
+        step_size (`int`, defaults to 7): Latent frames of each further window.
+        temporal_compression_ratio (`int`, defaults to 4): Pixel frames per latent frame; sets the window overlap.
+        spatial_compression_ratio (`int`, defaults to 16): Pixels per latent pixel (informational, like upstream).
+        use_unpatchify (`bool`, defaults to True): Final unpatchify (True) or pixel-shuffle stage (False).
+        latents_mean (`list[float]`, *optional*): Per-channel latent means (default: Wan2.2, spec §7.1).
+        latents_std (`list[float]`, *optional*): Per-channel latent stds (default: Wan2.2, spec §7.1).
+    """
+
+    _supports_gradient_checkpointing = False
+    _no_split_modules = ["TurboVAEDResnetBlock3d", "TurboVAEDResample"]
+    # The first and last convolutions are the most precision sensitive; the model has no norm parameters.
+    _skip_layerwise_casting_patterns = [r"^decoder\.conv_in", r"^decoder\.conv_out"]
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 48,
+        out_channels: int = 3,
+        decoder_block_out_channels: tuple[int, ...] = (64, 128, 256, 512),
+        decoder_layers_per_block: tuple[int, ...] = (2, 2, 2, 3, 3),
+        decoder_spatio_temporal_scaling: tuple[bool, ...] = (False, True, True, True),
+        decoder_spatio_only: tuple[bool, ...] = (False, True, False, False),
+        decoder_is_dw_conv: tuple[bool, ...] = (False, False, False, False, False),
+        decoder_dw_kernel_size: int = 5,
+        decoder_causal: bool = False,
+        patch_size: int = 2,
+        patch_size_t: int = 1,
+        resnet_norm_eps: float = 1e-6,
+        first_chunk_size: int = 7,
+        step_size: int = 7,
+        temporal_compression_ratio: int = 4,
+        spatial_compression_ratio: int = 16,
+        use_unpatchify: bool = True,
+        latents_mean: list[float] | None = None,
+        latents_std: list[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if decoder_causal:
+            raise ValueError("decoder_causal=True is not supported (upstream asserts decoder_causal == False).")
+        if first_chunk_size < 1 or step_size < 1:
+            raise ValueError(f"first_chunk_size and step_size must be >= 1, got {first_chunk_size} and {step_size}.")
+        for name, table in (("latents_mean", latents_mean), ("latents_std", latents_std)):
+            if table is not None and len(table) != latent_channels:
+                raise ValueError(f"{name} has {len(table)} values but latent_channels is {latent_channels}.")
+        if latents_mean is None or latents_std is None:
+            if latent_channels != len(WAN22_LATENTS_MEAN):
+                raise ValueError(
+                    f"latent_channels={latent_channels} needs explicit latents_mean/latents_std; the default Wan2.2 "
+                    f"tables have {len(WAN22_LATENTS_MEAN)} channels."
+                )
+            # store the defaults in the config so saved models are self-describing
+            self.register_to_config(
+                latents_mean=list(latents_mean or WAN22_LATENTS_MEAN),
+                latents_std=list(latents_std or WAN22_LATENTS_STD),
+            )
+
+        self.decoder = TurboVAEDDecoder3d(
+            in_channels=latent_channels,
+            out_channels=out_channels,
+            block_out_channels=tuple(decoder_block_out_channels),
+            spatio_temporal_scaling=tuple(decoder_spatio_temporal_scaling),
+            layers_per_block=tuple(decoder_layers_per_block),
+            patch_size=patch_size,
+            resnet_norm_eps=resnet_norm_eps,
+            is_dw_conv=tuple(decoder_is_dw_conv),
+            dw_kernel_size=decoder_dw_kernel_size,
+            spatio_only=tuple(decoder_spatio_only),
+            use_unpatchify=use_unpatchify,
+        )
+        if self.decoder.temporal_upscale != temporal_compression_ratio:
+            logger.warning(
+                f"temporal_compression_ratio={temporal_compression_ratio} but the decoder upsamples time by "
+                f"{self.decoder.temporal_upscale}; the window overlap follows the config value, as upstream."
+            )
+
+        self.use_slicing = False
+        self.use_tiling = False
+        # spatial tiling, in output pixels (used only after `enable_tiling()`)
+        self.tile_sample_min_height = 512
+        self.tile_sample_min_width = 512
+        self.tile_sample_stride_height = 384
+        self.tile_sample_stride_width = 384
+
+    def enable_tiling(
+        self,
+        tile_sample_min_height: int | None = None,
+        tile_sample_min_width: int | None = None,
+        tile_sample_stride_height: int | None = None,
+        tile_sample_stride_width: int | None = None,
+    ) -> None:
+        r"""Decode each temporal window in overlapping spatial tiles, blended linearly across the overlap.
+
+        This bounds memory at high resolution (e.g. 1080p) at the cost of small seam differences; upstream has no
+        spatial tiling, so outputs are no longer bit-identical to it. Sizes are in output pixels and must be
+        multiples of the spatial upscale (16).
+
+        Args:
+            tile_sample_min_height (`int`, *optional*): Tile height (default 512).
+            tile_sample_min_width (`int`, *optional*): Tile width (default 512).
+            tile_sample_stride_height (`int`, *optional*): Vertical tile stride (default 384, i.e. 128 px overlap).
+            tile_sample_stride_width (`int`, *optional*): Horizontal tile stride (default 384).
+        """
+        self.use_tiling = True
+        self.tile_sample_min_height = tile_sample_min_height or self.tile_sample_min_height
+        self.tile_sample_min_width = tile_sample_min_width or self.tile_sample_min_width
+        self.tile_sample_stride_height = tile_sample_stride_height or self.tile_sample_stride_height
+        self.tile_sample_stride_width = tile_sample_stride_width or self.tile_sample_stride_width
+        up = self.decoder.spatial_upscale
+        for name in ("min_height", "min_width", "stride_height", "stride_width"):
+            value = getattr(self, f"tile_sample_{name}")
+            if value % up != 0:
+                raise ValueError(f"tile_sample_{name}={value} must be a multiple of the spatial upscale {up}.")
+        if (
+            self.tile_sample_stride_height > self.tile_sample_min_height
+            or self.tile_sample_stride_width > self.tile_sample_min_width
+        ):
+            raise ValueError("Tile strides must not exceed the tile sizes (the tiles must overlap or touch).")
+
+    def encode(self, *args, **kwargs):
+        raise NotImplementedError(
+            "Turbo-VAE is decode-only; use the Wan2.2 VAE (pipe.vae) to encode images or videos into latents."
+        )
+
+    def _denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        # Spec §7.1 / §9.16: z / (1 / std) + mean (division by the stored reciprocal, not z * std), with float32
+        # tables even for a bf16 model; the result is cast back to the latent dtype.
+        mean = torch.tensor(self.config.latents_mean, dtype=torch.float32, device=z.device)
+        inv_std = 1.0 / torch.tensor(self.config.latents_std, dtype=torch.float32, device=z.device)
+        shape = (1, -1, 1, 1, 1)
+        return (z / inv_std.view(shape) + mean.view(shape)).to(z.dtype)
+
+    @staticmethod
+    def _blend(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int) -> torch.Tensor:
+        """Linearly cross-fades the last `extent` positions of `a` into the first `extent` of `b` along `dim`."""
+        extent = min(a.shape[dim], b.shape[dim], extent)
+        if extent <= 0:
+            return b
+        shape = [1] * b.ndim
+        shape[dim] = extent
+        weight = (torch.arange(extent, device=b.device, dtype=torch.float32) / extent).view(shape).to(b.dtype)
+        head = b.narrow(dim, 0, extent) * weight + a.narrow(dim, a.shape[dim] - extent, extent) * (1 - weight)
+        return torch.cat([head, b.narrow(dim, extent, b.shape[dim] - extent)], dim=dim)
+
+    @staticmethod
+    def _tile_starts(size: int, tile: int, stride: int) -> list[int]:
+        """Latent start offsets of the tiles along one axis: every `stride`, until a tile reaches the end."""
+        starts = [0]
+        while starts[-1] + tile < size:
+            starts.append(starts[-1] + stride)
+        return starts
+
+    def _tiled_decode_window(self, z: torch.Tensor, is_first_chunk: bool) -> torch.Tensor:
+        up = self.decoder.spatial_upscale
+        height, width = z.shape[-2:]
+        tile_h, tile_w = self.tile_sample_min_height // up, self.tile_sample_min_width // up
+        stride_h, stride_w = self.tile_sample_stride_height // up, self.tile_sample_stride_width // up
+        blend_h = self.tile_sample_min_height - self.tile_sample_stride_height
+        blend_w = self.tile_sample_min_width - self.tile_sample_stride_width
+        row_starts = self._tile_starts(height, tile_h, stride_h)
+        col_starts = self._tile_starts(width, tile_w, stride_w)
+
+        rows = [
+            [
+                self.decoder(z[:, :, :, i : i + tile_h, j : j + tile_w], is_first_chunk=is_first_chunk)
+                for j in col_starts
+            ]
+            for i in row_starts
+        ]
+        result_rows = []
+        for r, row in enumerate(rows):
+            pieces = []
+            for c in range(len(row)):
+                tile = row[c]
+                if r > 0:
+                    tile = self._blend(rows[r - 1][c], tile, blend_h, dim=3)
+                if c > 0:
+                    tile = self._blend(row[c - 1], tile, blend_w, dim=4)
+                row[c] = tile
+                # every tile but the last of a row/column keeps only its stride; the next one blends over the rest
+                pieces.append(tile if c == len(row) - 1 else tile[..., : self.tile_sample_stride_width])
+            stitched = torch.cat(pieces, dim=4)
+            result_rows.append(stitched if r == len(rows) - 1 else stitched[..., : self.tile_sample_stride_height, :])
+        return torch.cat(result_rows, dim=3)
+
+    def _decode_window(self, z: torch.Tensor, is_first_chunk: bool) -> torch.Tensor:
+        if self.use_tiling and (
+            z.shape[-2] * self.decoder.spatial_upscale > self.tile_sample_min_height
+            or z.shape[-1] * self.decoder.spatial_upscale > self.tile_sample_min_width
+        ):
+            return self._tiled_decode_window(z, is_first_chunk)
+        return self.decoder(z, is_first_chunk=is_first_chunk)
+
+    def _sliding_window_decode(self, z: torch.Tensor, output_device: torch.device | str | None) -> torch.Tensor:
+        first, step = self.config.first_chunk_size, self.config.step_size
+        overlap = self.config.temporal_compression_ratio  # 1 latent frame of context = 4 pixel frames
+        num_frames = z.shape[2]
+
+        # Spec §9.21: pad the end with copies of the last latent frame up to first + n * step frames.
+        if num_frames < first:
+            num_pad = first - num_frames
+        else:
+            num_pad = (step - (num_frames - first) % step) % step
+        if num_pad > 0:
+            z = torch.cat([z, z[:, :, -1:].expand(-1, -1, num_pad, -1, -1)], dim=2)
+            num_frames += num_pad
+
+        def collect(x: torch.Tensor) -> torch.Tensor:
+            return x if output_device is None else x.to(output_device)
+
+        chunks = []
+        if num_frames == first:
+            chunks.append(collect(self._decode_window(z, is_first_chunk=True)))
+        else:
+            # first window [0, first + 1) with one frame of right context, whose output frames are dropped
+            out = self._decode_window(z[:, :, : first + 1], is_first_chunk=True)
+            chunks.append(collect(out[:, :, :-overlap]))
+            del out
+            # later windows: one latent frame of left context (and right context unless last); every window after
+            # the first runs with is_first_chunk=False and is trimmed by `overlap` frames per context side (§9.21)
+            for start in range(first, num_frames, step):
+                is_last = start + step == num_frames
+                stop = start + step + (0 if is_last else 1)
+                out = self._decode_window(z[:, :, start - 1 : stop], is_first_chunk=False)
+                out = out[:, :, overlap:] if is_last else out[:, :, overlap:-overlap]
+                chunks.append(collect(out))
+                del out
+
+        sample = torch.cat(chunks, dim=2)
+        del chunks
+        if num_pad > 0:
+            sample = sample[:, :, : sample.shape[2] - num_pad * overlap]
+        return sample
+
+    @apply_forward_hook
+    def decode(
+        self,
+        z: torch.Tensor,
+        return_dict: bool = True,
+        output_device: torch.device | str | None = None,
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        r"""Decodes normalised Wan2.2 latents into video.
+
+        Args:
+            z (`torch.Tensor`): Normalised DiT latent `[B, latent_channels, T, h, w]` (any float dtype; it is cast to
+                the model dtype first, like upstream's `decode_video`).
+            return_dict (`bool`, defaults to True): Return a [`~models.autoencoders.vae.DecoderOutput`] instead of a
+                tuple.
+            output_device (`torch.device` or `str`, *optional*): Move every decoded window there as it is produced
+                (e.g. `"cpu"`, upstream's `output_offload`) so only one window lives on the accelerator.
+
+        Returns:
+            [`~models.autoencoders.vae.DecoderOutput`] or `tuple`: `sample` of shape
+            `[B, out_channels, 4(T-1)+1, 16h, 16w]` (real config) in the model dtype, not clamped.
+        """
+        if z.ndim != 5:
+            raise ValueError(
+                f"Expected a 5-D latent [B, {self.config.latent_channels}, T, h, w], got shape {tuple(z.shape)}; "
+                "add the batch dimension with z.unsqueeze(0)."
+            )
+        if z.shape[1] != self.config.latent_channels:
+            raise ValueError(
+                f"Expected {self.config.latent_channels} latent channels in dim 1, got shape {tuple(z.shape)}."
+            )
+        if z.shape[2] < 1:
+            raise ValueError("Cannot decode a latent with 0 frames.")
+
+        # upstream casts the latent to the weight dtype before denormalising (decode_video: latent.to(self.dtype))
+        z = self._denormalize(z.to(self.dtype))
+
+        if self.use_slicing and z.shape[0] > 1:
+            sample = torch.cat([self._sliding_window_decode(zs, output_device) for zs in z.split(1)], dim=0)
+        else:
+            sample = self._sliding_window_decode(z, output_device)
+
+        if not return_dict:
+            return (sample,)
+        return DecoderOutput(sample=sample)
+
+    def forward(
+        self, z: torch.Tensor, return_dict: bool = True, output_device: torch.device | str | None = None
+    ) -> DecoderOutput | tuple[torch.Tensor]:
+        r"""Same as [`~AutoencoderTurboVAED.decode`]."""
+        return self.decode(z, return_dict=return_dict, output_device=output_device)
