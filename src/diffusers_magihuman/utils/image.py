@@ -1,0 +1,148 @@
+# Copyright 2026 The diffusers-magihuman Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Conditioning-image preprocessing for image+text-to-video, as the original's `encode_image` (spec §6.4)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import load_image, logging
+from diffusers.video_processor import VideoProcessor
+
+
+logger = logging.get_logger(__name__)
+
+# The original preprocesses with `VideoProcessor(vae_scale_factor=16)` (spec §6.4 step 3).
+_VAE_SCALE_FACTOR = 16
+_video_processor: VideoProcessor | None = None
+
+
+def _get_video_processor() -> VideoProcessor:
+    global _video_processor
+    if _video_processor is None:
+        _video_processor = VideoProcessor(vae_scale_factor=_VAE_SCALE_FACTOR)
+    return _video_processor
+
+
+def resize_crop(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Image:
+    """
+    Centre-crops `image` to the aspect ratio `width / height`, without resizing (the original's `resizecrop`).
+
+    Quirks kept (spec §6.4 step 2, §9.17): the crop box is computed in floats and PIL rounds each edge half-to-even,
+    so the crop can be one pixel wider than the exact aspect ratio (50×37 → 38×37 for a square target); an image that
+    already has the target size is returned as is.
+
+    Args:
+        image (`PIL.Image.Image`): The image, any size.
+        height (`int`): Target height in pixels (only the ratio matters here).
+        width (`int`): Target width in pixels.
+
+    Returns:
+        `PIL.Image.Image`: The cropped image (the input object itself when it already is `width × height`).
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"`height` and `width` must be positive, got {height}x{width} (HxW).")
+    w, h = image.size
+    if w == width and h == height:
+        return image
+    if h / w > height / width:
+        new_w = int(w)
+        new_h = int(new_w * height / width)
+    else:
+        new_h = int(h)
+        new_w = int(new_h * width / height)
+    # Float box: PIL rounds each coordinate (spec §9.17).
+    box = ((w - new_w) / 2, (h - new_h) / 2, (w + new_w) / 2, (h + new_h) / 2)
+    return image.crop(box)
+
+
+def _to_pil(image) -> PIL.Image.Image:
+    """PIL image, path, numpy array or tensor -> RGB PIL image with the EXIF orientation applied."""
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if path.startswith(("http://", "https://")):
+            return load_image(path)
+        if not os.path.isfile(path):
+            raise ValueError(f"Image file {path!r} does not exist.")
+        try:
+            # diffusers' loader: EXIF transpose, then RGB, as the original (spec §6.4 step 1).
+            return load_image(path)
+        except Exception as e:  # PIL raises several exception types for unreadable files
+            raise ValueError(f"Could not read image file {path!r} ({e}). Give a PNG/JPEG file or a PIL image.") from e
+    if isinstance(image, PIL.Image.Image):
+        return load_image(image)
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+        if array.ndim == 4 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+            array = array.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
+        image = array.float().numpy() if array.is_floating_point() else array.numpy()
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 4 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+            raise ValueError(
+                f"Expected an image array (H, W), (H, W, 3|4) or a tensor (3, H, W); got shape {tuple(image.shape)}."
+            )
+        if np.issubdtype(array.dtype, np.floating):
+            if array.min() < -1e-3 or array.max() > 1 + 1e-3:
+                raise ValueError(
+                    "Float image arrays/tensors must hold values in [0, 1] (got range "
+                    f"[{float(array.min()):.3g}, {float(array.max()):.3g}]); give uint8 pixels for 0..255 data."
+                )
+            # Quantised to 8 bits like an image file, so every input takes the original's PIL path.
+            array = np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+        elif array.dtype != np.uint8:
+            raise ValueError(f"Integer image arrays must be uint8, got {array.dtype}.")
+        return PIL.Image.fromarray(array).convert("RGB")
+    raise ValueError(
+        f"Unsupported image type {type(image).__name__}; give a PIL image, a file path, a uint8 (H, W, 3) array or "
+        "a (3, H, W) tensor."
+    )
+
+
+def preprocess_image(image, height: int, width: int) -> torch.Tensor:
+    """
+    The conditioning image as the original hands it to the Wan2.2 VAE (spec §6.4 steps 1-3).
+
+    Steps: load (EXIF transpose + RGB), centre crop to the target aspect ratio ([`resize_crop`]), then diffusers'
+    `VideoProcessor(vae_scale_factor=16).preprocess`: PIL Lanczos resize to `width × height`, `/255`, `2x − 1`.
+
+    Args:
+        image (`PIL.Image.Image`, `str`, `os.PathLike`, `np.ndarray` or `torch.Tensor`):
+            A PIL image, an image file path (or URL), a uint8 array `(H, W)` / `(H, W, 3|4)`, or a tensor `(3, H, W)`
+            / `(H, W, 3)` (optionally with a leading batch of 1). Float arrays/tensors must be in `[0, 1]` and are
+            quantised to 8 bits first.
+        height (`int`): Output height, a multiple of 16 (the pipeline snaps sizes to multiples of 32, spec §3.1).
+        width (`int`): Output width, a multiple of 16.
+
+    Returns:
+        `torch.Tensor`: `(1, 3, height, width)` float32 in `[-1, 1]`.
+    """
+    if height <= 0 or width <= 0 or height % _VAE_SCALE_FACTOR or width % _VAE_SCALE_FACTOR:
+        raise ValueError(
+            f"`height` and `width` must be positive multiples of {_VAE_SCALE_FACTOR}, got {height}x{width} (HxW). "
+            "Snap the size first (the pipeline rounds down to multiples of 32)."
+        )
+    pil = _to_pil(image)
+    pil = resize_crop(pil, height, width)
+    pixels = _get_video_processor().preprocess(pil, height=height, width=width)
+    return pixels.to(torch.float32)
