@@ -1,0 +1,529 @@
+# Copyright 2026 The diffusers-magihuman Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Text (+image, +audio) to audio+video with daVinci-MagiHuman (base and DMD-2 distilled checkpoints)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import torch
+
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.models import AutoencoderKLWan, AutoencoderOobleck
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.utils import logging, replace_example_docstring
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..constants import (
+    BASE_NUM_INFERENCE_STEPS,
+    DEFAULT_AUDIO_GUIDANCE_SCALE,
+    DEFAULT_FPS,
+    DEFAULT_GUIDANCE_SCALE,
+    DISTILL_NUM_INFERENCE_STEPS,
+    TEXT_MAX_SEQUENCE_LENGTH,
+    VIDEO_GUIDANCE_SWITCH_TIMESTEP,
+    VIDEO_LATE_GUIDANCE_SCALE,
+)
+from ..models.autoencoder_turbo_vaed import AutoencoderTurboVAED
+from ..models.transformer_magihuman import MagiHumanTransformer3DModel
+from ..schedulers.scheduling_magihuman import MagiHumanScheduler
+from .pipeline_magihuman_base import MagiHumanPipelineMixin, snap_size
+from .pipeline_output import MagiHumanPipelineOutput
+
+
+logger = logging.get_logger(__name__)
+
+MAX_SECONDS = 60
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```python
+        >>> import torch
+        >>> from diffusers_magihuman import MagiHumanPipeline, export_to_video
+
+        >>> pipe = MagiHumanPipeline.from_pretrained("path/to/magihuman-distill", dtype=torch.bfloat16)
+        >>> pipe.enable_model_cpu_offload()  # or pipe.to("cuda") on an 80 GB card
+        >>> prompt = 'A young woman in a red coat smiles at the camera. Dialogue: <Woman, English>: "Hello there!"'
+        >>> out = pipe(prompt, height=256, width=448, seconds=4, generator=torch.Generator().manual_seed(42))
+        >>> export_to_video(out.frames[0], "hello.mp4", fps=25, audio=out.audio[0], audio_sample_rate=pipe.audio_sample_rate)
+        ```
+"""
+
+
+class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline):
+    r"""
+    daVinci-MagiHuman: one single-stream DiT denoises a video latent and a speech/audio latent together.
+
+    Modes: text-to-audio+video (`prompt`), image+text (`image` or `image_latents`: frame 0 is pinned to the image
+    latent before every step) and audio-driven (`audio` or `audio_condition_latents`: the audio latent is held
+    clean and only the video is generated). Base checkpoints sample with 32 UniPC steps and CFG; distilled (DMD-2)
+    checkpoints with 8 re-noising steps and no CFG — the scheduler's `sampler` config picks the rule.
+
+    Args:
+        transformer ([`MagiHumanTransformer3DModel`]): the 15B audio-video DiT.
+        scheduler ([`MagiHumanScheduler`]): flow UniPC (base) or the DMD-2 rule (distilled).
+        vae ([`AutoencoderKLWan`], *optional*): Wan2.2 TI2V-5B VAE (z=48); encodes images, decodes video.
+        audio_vae ([`AutoencoderOobleck`], *optional*): Stable-Audio-Open VAE; encodes driving audio, decodes audio.
+        text_encoder (`T5GemmaEncoderModel`, *optional*): T5-Gemma 9B encoder (width 3584).
+        tokenizer (`GemmaTokenizer`, *optional*): its tokenizer.
+        turbo_vae ([`AutoencoderTurboVAED`], *optional*): the distilled fast video decoder; used when present.
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae->turbo_vae->audio_vae"
+    _optional_components = ["vae", "audio_vae", "text_encoder", "tokenizer", "turbo_vae"]
+    _callback_tensor_inputs = ["latents", "audio_latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def __init__(
+        self,
+        transformer: MagiHumanTransformer3DModel,
+        scheduler: MagiHumanScheduler,
+        vae: AutoencoderKLWan | None = None,
+        audio_vae: AutoencoderOobleck | None = None,
+        text_encoder: Any = None,
+        tokenizer: Any = None,
+        turbo_vae: AutoencoderTurboVAED | None = None,
+    ):
+        super().__init__()
+        self.register_modules(
+            transformer=transformer,
+            scheduler=scheduler,
+            vae=vae,
+            audio_vae=audio_vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            turbo_vae=turbo_vae,
+        )
+
+    # ------------------------------------------------------------------ inputs
+    def _frames_from_request(self, num_frames, seconds, fps, has_audio) -> int | None:
+        if num_frames is not None and seconds is not None:
+            raise ValueError("Give either `num_frames` or `seconds`, not both.")
+        if has_audio and num_frames is not None:
+            raise ValueError(
+                "In audio-driven mode the clip length comes from the audio; use `seconds` to trim it, not `num_frames`."
+            )
+        if seconds is not None:
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not (0 < seconds <= MAX_SECONDS):
+                raise ValueError(f"`seconds` must be a number in (0, {MAX_SECONDS}], got {seconds!r}.")
+            if has_audio:
+                return None
+            # T2V / TI2V: num_frames = seconds * fps + 1 (spec §3.2).
+            return int(seconds * fps) + 1
+        if num_frames is not None:
+            if not isinstance(num_frames, int) or isinstance(num_frames, bool) or not (
+                1 <= num_frames <= MAX_SECONDS * fps + 1
+            ):
+                raise ValueError(f"`num_frames` must be an integer in [1, {MAX_SECONDS * fps + 1}], got {num_frames!r}.")
+            return num_frames
+        return None if has_audio else 4 * fps + 1  # the original's 4 s default
+
+    def check_inputs(
+        self,
+        prompt,
+        height,
+        width,
+        image,
+        image_latents,
+        audio,
+        audio_condition_latents,
+        latents,
+        audio_latents,
+        prompt_embeds,
+        negative_prompt_embeds,
+        guidance_scale,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+        generator,
+        batch_size,
+    ):
+        do_cfg_requested = guidance_scale is not None and guidance_scale > 1.0
+        if self.scheduler.is_distilled and do_cfg_requested:
+            raise ValueError(
+                f"The scheduler uses the distilled (DMD-2) step rule, which samples without guidance; got "
+                f"`guidance_scale={guidance_scale}`. Leave it unset (or 1.0), or load a base checkpoint's scheduler."
+            )
+        self._check_common(
+            prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            do_cfg_requested or (guidance_scale is None and not self.scheduler.is_distilled),
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            generator,
+            batch_size,
+        )
+        if image is not None and image_latents is not None:
+            raise ValueError("Give either `image` or `image_latents`, not both.")
+        if audio is not None and audio_condition_latents is not None:
+            raise ValueError("Give either `audio` or `audio_condition_latents`, not both.")
+        h, w = height // 16, width // 16
+        c = self.latent_channels
+        if image_latents is not None:
+            if image_latents.ndim != 5 or image_latents.shape[1] != c or image_latents.shape[2] != 1:
+                raise ValueError(
+                    f"`image_latents` must be (B, {c}, 1, height/16, width/16), got {tuple(image_latents.shape)}."
+                )
+            if tuple(image_latents.shape[-2:]) != (h, w):
+                raise ValueError(
+                    f"`image_latents` spatial size {tuple(image_latents.shape[-2:])} does not match height/width "
+                    f"{height}x{width} (latent {h}x{w})."
+                )
+        if latents is not None:
+            if latents.ndim != 5 or latents.shape[1] != c or tuple(latents.shape[-2:]) != (h, w):
+                raise ValueError(
+                    f"`latents` must be (B, {c}, T, {h}, {w}) for {height}x{width}, got {tuple(latents.shape)}."
+                )
+        audio_c = int(self.transformer.config.audio_in_channels)
+        for name, x in (("audio_latents", audio_latents), ("audio_condition_latents", audio_condition_latents)):
+            if x is not None and (x.ndim != 3 or x.shape[-1] != audio_c):
+                raise ValueError(f"`{name}` must be (B, Na, {audio_c}), got {tuple(x.shape)}.")
+
+    # ------------------------------------------------------------------ latents
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_latent_frames: int,
+        height: int,
+        width: int,
+        num_audio_frames: int,
+        generator,
+        device: torch.device,
+        latents: torch.Tensor | None = None,
+        audio_latents: torch.Tensor | None = None,
+        draw_audio: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Initial noise, drawn in the original's order: audio first, then video (spec §3.3)."""
+        video_shape = (
+            batch_size,
+            self.latent_channels,
+            num_latent_frames,
+            height // self.vae_scale_factor_spatial,
+            width // self.vae_scale_factor_spatial,
+        )
+        audio_shape = (batch_size, num_audio_frames, int(self.transformer.config.audio_in_channels))
+        if draw_audio:
+            if audio_latents is None:
+                audio_latents = randn_tensor(audio_shape, generator=generator, device=device, dtype=torch.float32)
+            elif tuple(audio_latents.shape) != audio_shape:
+                raise ValueError(f"`audio_latents` must have shape {audio_shape}, got {tuple(audio_latents.shape)}.")
+            audio_latents = audio_latents.to(device=device, dtype=torch.float32)
+        if latents is None:
+            latents = randn_tensor(video_shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != video_shape:
+            raise ValueError(f"`latents` must have shape {video_shape}, got {tuple(latents.shape)}.")
+        return latents.to(device=device, dtype=torch.float32), audio_latents
+
+    def encode_driving_audio(self, waveform: torch.Tensor, batch_size: int, generator, device) -> torch.Tensor:
+        """Oobleck-encode a 51.2 kHz mono driving waveform `(S,)` (spec §6.5).
+
+        Returns the audio latent `(batch_size, Na, 64)` float32. The bottleneck sample draws from `generator`
+        before the video noise, as the original does.
+        """
+        from ..utils.audio import encode_audio
+
+        if isinstance(generator, list):
+            latents = [encode_audio(self.audio_vae, waveform, generator=g, device=device) for g in generator]
+            return torch.cat(latents).to(device=device, dtype=torch.float32)
+        latent = encode_audio(self.audio_vae, waveform, generator=generator, device=device)
+        return latent.to(device=device, dtype=torch.float32).expand(batch_size, -1, -1).clone()
+
+    def _load_driving_audio(self, audio, seconds, driving_audio_sample_rate):
+        from ..utils.audio import load_audio
+
+        if self.audio_vae is None:
+            raise ValueError(
+                "Audio-driven mode needs the Oobleck `audio_vae` to encode the audio; load it or pass "
+                "`audio_condition_latents`."
+            )
+        kwargs = {"seconds": seconds}
+        if driving_audio_sample_rate is not None:
+            kwargs["sample_rate_in"] = driving_audio_sample_rate
+        return load_audio(audio, **kwargs)
+
+    # ------------------------------------------------------------------ call
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        image: Any = None,
+        image_latents: torch.Tensor | None = None,
+        audio: Any = None,
+        driving_audio_sample_rate: int | None = None,
+        audio_condition_latents: torch.Tensor | None = None,
+        height: int = 256,
+        width: int = 448,
+        num_frames: int | None = None,
+        seconds: float | None = None,
+        fps: int = DEFAULT_FPS,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        audio_guidance_scale: float = DEFAULT_AUDIO_GUIDANCE_SCALE,
+        late_guidance_scale: float = VIDEO_LATE_GUIDANCE_SCALE,
+        guidance_switch_timestep: int = VIDEO_GUIDANCE_SWITCH_TIMESTEP,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        audio_latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        output_type: str = "np",
+        decode_with: str = "auto",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
+        max_sequence_length: int = TEXT_MAX_SEQUENCE_LENGTH,
+        renoise_driving_audio: bool = False,
+    ):
+        r"""
+        Generate a talking-human video with its audio track.
+
+        Args:
+            prompt (`str` or `list[str]`): what happens and what is said (see the model card's prompt guide).
+            negative_prompt (`str` or `list[str]`, *optional*): defaults to the original's three-part negative prompt.
+            image (`PIL.Image.Image`, path, array or tensor, *optional*): first frame (TI2V). Centre-cropped to the
+                aspect ratio, Lanczos-resized, Wan2.2-encoded, pinned to latent frame 0 before every step.
+            image_latents (`torch.Tensor`, *optional*): an already-encoded normalised image latent `(B, 48, 1, h, w)`.
+            audio (path, array, tensor or `(array, sample_rate)`, *optional*): driving audio (audio-driven mode).
+                Decoded with PyAV to 51.2 kHz mono, Oobleck-encoded, and held clean while the video is generated.
+            driving_audio_sample_rate (`int`, *optional*): sample rate of an `audio` array/tensor (required for
+                arrays and tensors unless `audio` is an `(array, sample_rate)` tuple; files carry their own).
+            audio_condition_latents (`torch.Tensor`, *optional*): an already-encoded driving audio latent `(B, Na, 64)`.
+            height (`int`, defaults to 256), width (`int`, defaults to 448): pixels, rounded down to multiples of 32.
+            num_frames (`int`, *optional*) or seconds (`float`, *optional*): clip length; `num_frames = seconds*fps+1`
+                (4 s when neither is given). The audio latent has `num_frames` frames, the video latent
+                `(num_frames - 1) // 4 + 1`. In audio-driven mode the length comes from the audio.
+            fps (`int`, defaults to 25): frame rate; the model was trained at 25.
+            num_inference_steps (`int`, *optional*): 32 for UniPC (base), 8 for the distilled rule by default.
+            guidance_scale (`float`, *optional*): video CFG while `t > guidance_switch_timestep` (5.0 by default), then
+                `late_guidance_scale` (2.0), as the original. Must stay unset/1.0 with a distilled scheduler.
+            audio_guidance_scale (`float`, defaults to 5.0): audio CFG (constant).
+            num_videos_per_prompt (`int`, defaults to 1): videos per prompt.
+            generator (`torch.Generator` or list, *optional*): all random draws (noise, audio bottleneck, DMD re-noise).
+            latents (`torch.Tensor`, *optional*): initial video noise `(B, 48, T, h, w)`.
+            audio_latents (`torch.Tensor`, *optional*): initial audio noise `(B, Na, 64)`.
+            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
+                (`torch.Tensor`, *optional*): precomputed text embeddings `(B, L, 3584)` and boolean masks `(B, L)`.
+            output_type (`str`, defaults to `"np"`): `"np"`, `"pt"`, `"pil"` or `"latent"`.
+            decode_with (`str`, defaults to `"auto"`): `"turbo"` (Turbo-VAE, when loaded), `"vae"` (Wan2.2), or
+                `"auto"` (Turbo-VAE when present).
+            return_dict (`bool`, defaults to `True`): return a [`MagiHumanPipelineOutput`] rather than a tuple.
+            callback_on_step_end, callback_on_step_end_tensor_inputs: diffusers' step-end callback contract.
+            attention_kwargs (`dict`, *optional*): passed to the transformer (e.g. LoRA `scale`).
+            max_sequence_length (`int`, defaults to 640): text embeddings are padded/trimmed to this length.
+            renoise_driving_audio (`bool`, defaults to `False`): reproduce the original's distilled audio-driven bug
+                (spec §9.8): the DMD rule re-noises and updates the driving audio latent instead of holding it clean.
+                Only for parity with the original; the fixed behaviour holds it clean.
+
+        Examples:
+
+        Returns:
+            [`MagiHumanPipelineOutput`] or `tuple(frames, audio)`.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+
+        # 1. Check inputs (everything that can fail does so here, before any model runs)
+        height, width = snap_size(height, width)
+        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
+            raise ValueError(f"`num_videos_per_prompt` must be a positive integer, got {num_videos_per_prompt!r}.")
+        if prompt is not None:
+            n_prompts = 1 if isinstance(prompt, str) else len(prompt)
+        else:
+            n_prompts = prompt_embeds.shape[0] if prompt_embeds is not None else 1
+        batch_size = n_prompts * num_videos_per_prompt
+        self.check_inputs(
+            prompt,
+            height,
+            width,
+            image,
+            image_latents,
+            audio,
+            audio_condition_latents,
+            latents,
+            audio_latents,
+            prompt_embeds,
+            negative_prompt_embeds,
+            guidance_scale,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+            generator,
+            batch_size,
+        )
+        is_distilled = self.scheduler.is_distilled
+        if guidance_scale is None:
+            guidance_scale = 1.0 if is_distilled else DEFAULT_GUIDANCE_SCALE
+        if num_inference_steps is None:
+            num_inference_steps = DISTILL_NUM_INFERENCE_STEPS if is_distilled else BASE_NUM_INFERENCE_STEPS
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+        num_frames = self._frames_from_request(
+            num_frames, seconds, fps, has_audio=audio is not None or audio_condition_latents is not None
+        )
+        if image is not None:
+            image = self.load_image(image)  # unreadable files fail here, before any model runs
+        waveform = None
+        if audio is not None:
+            # Decoded, resampled and trimmed once, here, so a bad file fails before any model runs.
+            waveform = self._load_driving_audio(audio, seconds, driving_audio_sample_rate)
+        if latents is not None and num_frames is not None:
+            expected_t = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+            if latents.shape[2] != expected_t:
+                raise ValueError(
+                    f"`latents` have {latents.shape[2]} latent frames but {num_frames} frames need {expected_t}."
+                )
+
+        self._guidance_scale = guidance_scale
+        self._do_cfg = guidance_scale > 1.0
+        self._attention_kwargs = attention_kwargs
+        self._interrupt = False
+        self._current_timestep = None
+        device = self._execution_device
+
+        # 2. Encode the prompt
+        prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask = (
+            self.encode_prompt(
+                prompt,
+                negative_prompt,
+                self._do_cfg,
+                num_videos_per_prompt,
+                prompt_embeds,
+                prompt_attention_mask,
+                negative_prompt_embeds,
+                negative_prompt_attention_mask,
+                max_sequence_length,
+                device,
+            )
+        )
+
+        # 3. Conditioning: driving audio (draws the bottleneck noise first, spec §3.3) and image
+        is_a2v = audio is not None or audio_condition_latents is not None
+        if waveform is not None:
+            audio_condition_latents = self.encode_driving_audio(waveform, batch_size, generator, device)
+        if audio_condition_latents is not None:
+            audio_condition_latents = audio_condition_latents.to(device=device, dtype=torch.float32)
+            if audio_condition_latents.shape[0] == 1 and batch_size > 1:
+                audio_condition_latents = audio_condition_latents.expand(batch_size, -1, -1).clone()
+            num_frames = audio_condition_latents.shape[1]  # spec §6.5 step 5: num_frames = Na
+        num_latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+
+        # 4. Initial noise: audio then video (T2V/TI2V); video only in audio-driven mode
+        latents, audio_latents = self.prepare_latents(
+            batch_size,
+            num_latent_frames,
+            height,
+            width,
+            num_frames,
+            generator,
+            device,
+            latents,
+            audio_latents,
+            draw_audio=not is_a2v,
+        )
+        if is_a2v:
+            audio_latents = audio_condition_latents.clone()
+
+        if image is not None:
+            image_latents = self.encode_image(image, height, width, batch_size, device)
+        if image_latents is not None:
+            image_latents = image_latents.to(device=device, dtype=torch.float32)
+            if image_latents.shape[0] == 1 and batch_size > 1:
+                image_latents = image_latents.expand(batch_size, -1, -1, -1, -1)
+
+        # 5. Timesteps: one scheduler per latent stream (spec §6.1)
+        video_scheduler = self.scheduler
+        video_scheduler.set_timesteps(num_inference_steps, device=device)
+        audio_scheduler = copy.deepcopy(video_scheduler)
+        timesteps = video_scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        # Which stream moves (spec §6.3): distilled rule moves both; UniPC holds driving audio.
+        update_audio = (not is_a2v) or (is_distilled and renoise_driving_audio)
+
+        # 6. Denoising loop
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                self._current_timestep = t
+                if image_latents is not None:
+                    # TI2V: pin the clean image latent into frame 0 before every call (spec §6.4, §9.18).
+                    latents[:, :, :1] = image_latents
+
+                with self._cache_context("cond"):
+                    v_video, v_audio = self.transformer(
+                        hidden_states=latents,
+                        audio_hidden_states=audio_latents,
+                        encoder_hidden_states=prompt_embeds,
+                        encoder_attention_mask=prompt_attention_mask,
+                        attention_kwargs=attention_kwargs,
+                        return_dict=False,
+                    )
+                if self._do_cfg:
+                    with self._cache_context("uncond"):
+                        u_video, u_audio = self.transformer(
+                            hidden_states=latents,
+                            audio_hidden_states=audio_latents,
+                            encoder_hidden_states=negative_prompt_embeds,
+                            encoder_attention_mask=negative_prompt_attention_mask,
+                            attention_kwargs=attention_kwargs,
+                            return_dict=False,
+                        )
+                    # Video CFG switches to a fixed 2.0 once t <= 500; audio CFG is constant (spec §6.2, §9.5).
+                    g = guidance_scale if int(t) > guidance_switch_timestep else late_guidance_scale
+                    v_video = u_video + g * (v_video - u_video)
+                    v_audio = u_audio + audio_guidance_scale * (v_audio - u_audio)
+
+                latents = video_scheduler.step(v_video, t, latents, generator=generator, return_dict=False)[0]
+                if update_audio:
+                    audio_latents = audio_scheduler.step(
+                        v_audio, t, audio_latents, generator=generator, return_dict=False
+                    )[0]
+                elif is_distilled:
+                    # Fixed behaviour holds the driving audio clean, but still consumes the audio noise draw so that
+                    # the video noise stream is the original's (spec §5.4: video, then audio, every step).
+                    audio_scheduler.step(v_audio, t, audio_latents, generator=generator, return_dict=False)
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {}
+                    for k in callback_on_step_end_tensor_inputs:
+                        callback_kwargs[k] = locals()[k]
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                    audio_latents = callback_outputs.pop("audio_latents", audio_latents)
+                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+                progress_bar.update()
+
+        if image_latents is not None:
+            latents[:, :, :1] = image_latents  # one final pin (spec §6.1 step 4)
+        self._current_timestep = None
+
+        # 7. Decode
+        if output_type == "latent":
+            frames, audio_out = latents, audio_latents
+        else:
+            video = self.decode_latents(latents, decode_with)
+            frames = self.postprocess_video(video, output_type)
+            audio_out = self.postprocess_audio(self.decode_audio_latents(audio_latents), output_type)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames, audio_out)
+        return MagiHumanPipelineOutput(frames=frames, audio=audio_out)

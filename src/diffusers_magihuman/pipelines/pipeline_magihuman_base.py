@@ -1,0 +1,438 @@
+# Copyright 2026 The diffusers-magihuman Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""What [`MagiHumanPipeline`] and [`MagiHumanSRPipeline`] share: prompt encoding, latent (de)normalisation,
+image encoding, decoding and output post-processing. One copy, used by both."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import PIL.Image
+import torch
+
+from diffusers.utils import logging
+from diffusers.utils.torch_utils import get_device
+
+from .._diffusers_compat import normalize_library_tuple
+from ..constants import DEFAULT_NEGATIVE_PROMPT, TEXT_MAX_SEQUENCE_LENGTH, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
+
+
+logger = logging.get_logger(__name__)
+
+_OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+_DECODERS = ("auto", "turbo", "vae")
+
+
+def snap_size(height: int, width: int, name: str = "") -> tuple[int, int]:
+    """Round a pixel size down to multiples of 32 (spec pipeline.md §3.1), warning when it changes."""
+    for label, value in (("height", height), ("width", width)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise ValueError(f"`{name}{label}` must be an integer number of pixels, got {value!r}.")
+        if value < 32:
+            raise ValueError(f"`{name}{label}` must be at least 32 pixels, got {value}.")
+    new_h, new_w = (int(height) // 32) * 32, (int(width) // 32) * 32
+    if (new_h, new_w) != (height, width):
+        logger.warning(
+            f"`{name}height`/`{name}width` {height}x{width} are not multiples of 32; using {new_h}x{new_w} "
+            "(rounded down, as the original does)."
+        )
+    return new_h, new_w
+
+
+class MagiHumanPipelineMixin:
+    """Shared helpers. Expects the attributes `transformer`, `text_encoder`, `tokenizer`, `vae`, `audio_vae` and
+    optionally `turbo_vae` (the pipelines declare them)."""
+
+    # ------------------------------------------------------------------ registration (spec diffusers.md §1.6)
+    def register_modules(self, **kwargs):
+        super().register_modules(**kwargs)
+        updates = {}
+        for name in kwargs:
+            entry = self.config.get(name)
+            new = normalize_library_tuple(entry)
+            if isinstance(entry, (list, tuple)) and tuple(new) != tuple(entry):
+                updates[name] = new
+        if updates:
+            self.register_to_config(**updates)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        internal = self.__dict__.get("_internal_dict")
+        if internal is not None and name in internal and isinstance(internal[name], (list, tuple)):
+            new = normalize_library_tuple(internal[name])
+            if tuple(new) != tuple(internal[name]):
+                self.register_to_config(**{name: new})
+
+    # ------------------------------------------------------------------ from_pipe without re-casting
+    _skip_next_dtype_cast = False
+
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """diffusers' `from_pipe`, except that without an explicit `dtype` the shared components keep their dtypes.
+
+        (diffusers 0.42 ends `from_pipe` with `.to(float32)` by default, which would up-cast a bf16 DiT or text
+        encoder — in the source pipeline too, since the modules are shared; spec diffusers.md §1.5.)
+        """
+        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
+            kwargs.pop("dtype", None)
+            kwargs.pop("torch_dtype", None)
+            MagiHumanPipelineMixin._skip_next_dtype_cast = True
+            try:
+                return super().from_pipe(pipeline, **kwargs)
+            finally:
+                MagiHumanPipelineMixin._skip_next_dtype_cast = False
+        return super().from_pipe(pipeline, **kwargs)
+
+    def to(self, *args, **kwargs):
+        if MagiHumanPipelineMixin._skip_next_dtype_cast and not args and set(kwargs) == {"dtype"}:
+            MagiHumanPipelineMixin._skip_next_dtype_cast = False
+            return self
+        return super().to(*args, **kwargs)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def vae_scale_factor_spatial(self) -> int:
+        return 16
+
+    @property
+    def vae_scale_factor_temporal(self) -> int:
+        return 4
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.transformer.config.in_channels)
+
+    @property
+    def audio_sample_rate(self) -> int:
+        """Sample rate of the decoded waveform (the Oobleck VAE's, 44.1 kHz for Stable-Audio-Open)."""
+        if getattr(self, "audio_vae", None) is not None:
+            return int(getattr(self.audio_vae.config, "sampling_rate", 44100))
+        return 44100
+
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._do_cfg
+
+    @property
+    def num_timesteps(self):
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self):
+        return self._current_timestep
+
+    @property
+    def interrupt(self):
+        return self._interrupt
+
+    @property
+    def attention_kwargs(self):
+        return self._attention_kwargs
+
+    # ------------------------------------------------------------------ latent statistics
+    def _latents_mean_std(self) -> tuple[list[float], list[float]]:
+        vae = getattr(self, "vae", None)
+        if vae is not None and getattr(vae.config, "latents_mean", None) is not None:
+            return list(vae.config.latents_mean), list(vae.config.latents_std)
+        return WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
+
+    def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Raw Wan2.2 latent -> DiT latent, `(z - mean) * (1 / std)`, in `latents.dtype` (spec §6.4: bf16 upstream)."""
+        mean, std = self._latents_mean_std()
+        view = (1, -1) + (1,) * (latents.ndim - 2)
+        mean = torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(view)
+        inv_std = 1.0 / torch.tensor(std, dtype=latents.dtype, device=latents.device).view(view)
+        return (latents - mean) * inv_std
+
+    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """DiT latent -> raw Wan2.2 latent, `z / (1 / std) + mean` (a division by the stored reciprocal, spec §7.1)."""
+        mean, std = self._latents_mean_std()
+        view = (1, -1) + (1,) * (latents.ndim - 2)
+        mean = torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(view)
+        inv_std = 1.0 / torch.tensor(std, dtype=latents.dtype, device=latents.device).view(view)
+        return latents / inv_std + mean
+
+    def _cache_context(self, name: str):
+        """diffusers' block-cache context (`CacheMixin`), or a no-op for transformers without it."""
+        ctx = getattr(self.transformer, "cache_context", None)
+        return ctx(name) if ctx is not None else contextlib.nullcontext()
+
+    @staticmethod
+    def load_image(image):
+        """Open an image path/URL-free input early, so an unreadable file fails before any model runs."""
+        if isinstance(image, (str, os.PathLike)):
+            path = os.fspath(image)
+            if not os.path.isfile(path):
+                raise ValueError(f"Image file {path!r} does not exist.")
+            try:
+                from diffusers.utils import load_image
+
+                return load_image(path)  # EXIF transpose + RGB, as the original (spec §6.4)
+            except Exception as e:  # PIL raises several types
+                raise ValueError(f"Could not read image {path!r}: {e}. Give a PNG/JPEG file or a PIL image.") from e
+        if isinstance(image, list):
+            return [MagiHumanPipelineMixin.load_image(x) for x in image]
+        return image
+
+    # ------------------------------------------------------------------ text
+    def _get_t5_prompt_embeds(
+        self, prompt: list[str], max_sequence_length: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5-Gemma encoder embeddings as the original computes them (spec §4).
+
+        Each prompt is tokenised alone, with no padding or truncation, the encoder output is cast to float16, padded
+        or trimmed to `max_sequence_length` rows, then cast to float32. Returns embeddings `(B, L, D)` float32 and a
+        boolean mask `(B, L)` marking the real tokens.
+        """
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError(
+                "This pipeline has no `text_encoder`/`tokenizer`. Pass `prompt_embeds` (and `negative_prompt_embeds` "
+                "when guidance is on), or load the pipeline with `text_encoder=` and `tokenizer=` (T5-Gemma)."
+            )
+        te_device = getattr(self.text_encoder, "device", device)
+        if te_device is None or str(te_device) == "meta":
+            te_device = device
+        embeds, masks = [], []
+        for text in prompt:
+            inputs = self.tokenizer([text], return_tensors="pt")
+            input_ids = inputs["input_ids"].to(te_device)
+            attention_mask = inputs["attention_mask"].to(te_device)
+            hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            # Quirk (spec §4, §9.12): encoder output (bf16 upstream) -> float16 -> zero pad/trim -> float32.
+            hidden = hidden.to(device=device, dtype=torch.float16)
+            n = min(hidden.shape[1], max_sequence_length)
+            padded = hidden.new_zeros((1, max_sequence_length, hidden.shape[-1]))
+            padded[:, :n] = hidden[:, :n]
+            mask = torch.zeros((1, max_sequence_length), dtype=torch.bool, device=device)
+            mask[:, :n] = True
+            embeds.append(padded.float())
+            masks.append(mask)
+        return torch.cat(embeds), torch.cat(masks)
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+        num_videos_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        max_sequence_length: int = TEXT_MAX_SEQUENCE_LENGTH,
+        device: torch.device | None = None,
+    ):
+        """Encode prompt and negative prompt.
+
+        Returns:
+            `(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)`:
+            embeddings `(B * num_videos_per_prompt, L, D)` float32 and boolean masks `(B * num_videos_per_prompt, L)`;
+            the negative pair is `None` without guidance. `negative_prompt=None` uses the original's default negative
+            prompt.
+        """
+        device = device or self._execution_device
+        if prompt_embeds is None:
+            prompt = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt_embeds, prompt_attention_mask = self._get_t5_prompt_embeds(prompt, max_sequence_length, device)
+        else:
+            prompt_embeds = prompt_embeds.to(device=device, dtype=torch.float32)
+            if prompt_attention_mask is None:
+                prompt_attention_mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.bool, device=device)
+            prompt_attention_mask = prompt_attention_mask.to(device=device, dtype=torch.bool)
+        batch_size = prompt_embeds.shape[0]
+
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negative_prompt = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+            negative_prompt = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negative_prompt) == 1 and batch_size > 1:
+                # The original encodes the negative prompt once and reuses it for every call.
+                neg, neg_mask = self._get_t5_prompt_embeds(negative_prompt, max_sequence_length, device)
+                negative_prompt_embeds = neg.expand(batch_size, -1, -1).clone()
+                negative_prompt_attention_mask = neg_mask.expand(batch_size, -1).clone()
+            elif len(negative_prompt) != batch_size:
+                raise ValueError(
+                    f"`negative_prompt` has {len(negative_prompt)} entries but `prompt` has {batch_size}; give one "
+                    "negative prompt or one per prompt."
+                )
+            else:
+                negative_prompt_embeds, negative_prompt_attention_mask = self._get_t5_prompt_embeds(
+                    negative_prompt, max_sequence_length, device
+                )
+        elif do_classifier_free_guidance:
+            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=torch.float32)
+            if negative_prompt_attention_mask is None:
+                negative_prompt_attention_mask = torch.ones(
+                    negative_prompt_embeds.shape[:2], dtype=torch.bool, device=device
+                )
+            negative_prompt_attention_mask = negative_prompt_attention_mask.to(device=device, dtype=torch.bool)
+            if negative_prompt_embeds.shape[0] == 1 and batch_size > 1:
+                negative_prompt_embeds = negative_prompt_embeds.expand(batch_size, -1, -1)
+                negative_prompt_attention_mask = negative_prompt_attention_mask.expand(batch_size, -1)
+        else:
+            negative_prompt_embeds = negative_prompt_attention_mask = None
+
+        def _repeat(x):
+            if x is None or num_videos_per_prompt == 1:
+                return x
+            return x.repeat_interleave(num_videos_per_prompt, dim=0)
+
+        return (
+            _repeat(prompt_embeds),
+            _repeat(prompt_attention_mask),
+            _repeat(negative_prompt_embeds),
+            _repeat(negative_prompt_attention_mask),
+        )
+
+    # ------------------------------------------------------------------ image (TI2V)
+    def encode_image(
+        self, image, height: int, width: int, batch_size: int, device: torch.device
+    ) -> torch.Tensor:
+        """Crop/resize/encode the conditioning image as the original (spec §6.4).
+
+        Returns the normalised first-frame latent `(batch_size, 48, 1, height // 16, width // 16)` float32.
+        """
+        from ..utils.image import preprocess_image
+
+        if self.vae is None:
+            raise ValueError(
+                "Image conditioning needs the Wan2.2 `vae` to encode the image; load the pipeline with `vae=` or pass "
+                "`image_latents`."
+            )
+        images = image if isinstance(image, list) else [image]
+        if len(images) not in (1, batch_size):
+            raise ValueError(f"Got {len(images)} images for a batch of {batch_size}; give one image or one per video.")
+        vae_device = getattr(self.vae, "device", device)
+        latents = []
+        for img in images:
+            pixels = preprocess_image(img, height, width)  # [1, 3, H, W] float32 in [-1, 1]
+            pixels = pixels.to(device=vae_device, dtype=self.vae.dtype).unsqueeze(2)
+            posterior = self.vae.encode(pixels).latent_dist
+            mu = posterior.mode() if hasattr(posterior, "mode") else posterior.mean
+            # Normalised in the VAE dtype (bf16 upstream), then float32 (spec §6.4 step 4).
+            latents.append(self.normalize_latents(mu.to(self.vae.dtype)).to(device=device, dtype=torch.float32))
+        latents = torch.cat(latents)
+        if latents.shape[0] == 1 and batch_size > 1:
+            latents = latents.expand(batch_size, -1, -1, -1, -1).clone()
+        return latents
+
+    # ------------------------------------------------------------------ decoding
+    def _resolve_decoder(self, decode_with: str) -> str:
+        if decode_with not in _DECODERS:
+            raise ValueError(f"`decode_with` must be one of {_DECODERS}, got {decode_with!r}.")
+        turbo = getattr(self, "turbo_vae", None)
+        if decode_with == "auto":
+            decode_with = "turbo" if turbo is not None else "vae"
+        if decode_with == "turbo" and turbo is None:
+            raise ValueError("`decode_with='turbo'` but the pipeline has no `turbo_vae`; load one or use 'vae'.")
+        if decode_with == "vae" and getattr(self, "vae", None) is None:
+            raise ValueError(
+                "Decoding needs a video decoder: load the pipeline with `vae=` (Wan2.2) or `turbo_vae=`, or use "
+                "`output_type='latent'`."
+            )
+        return decode_with
+
+    def decode_latents(self, latents: torch.Tensor, decode_with: str = "auto") -> torch.Tensor:
+        """Normalised DiT latent `(B, 48, T, h, w)` -> video `(B, 3, 4(T-1)+1, 16h, 16w)` float32 in `[-1, 1]`."""
+        decode_with = self._resolve_decoder(decode_with)
+        if decode_with == "turbo":
+            turbo = self.turbo_vae
+            # The Turbo-VAE denormalises internally, in float32 (spec §7.1).
+            video = turbo.decode(latents.to(device=turbo.device, dtype=turbo.dtype)).sample
+        else:
+            vae = self.vae
+            # Wan2.2 path: denormalisation in the VAE dtype (bf16 upstream, spec §7.1/§7.3).
+            z = self.denormalize_latents(latents.to(device=vae.device, dtype=vae.dtype))
+            video = vae.decode(z).sample
+        return video.float().clamp(-1.0, 1.0)
+
+    def decode_audio_latents(self, audio_latents: torch.Tensor) -> torch.Tensor:
+        """Audio latent `(B, Na, 64)` -> waveform `(B, 2, S)` float32 at `audio_sample_rate` (spec §7.5)."""
+        from ..utils.audio import decode_audio
+
+        if getattr(self, "audio_vae", None) is None:
+            raise ValueError(
+                "Decoding audio needs the Oobleck `audio_vae`; load the pipeline with `audio_vae=` or use "
+                "`output_type='latent'`."
+            )
+        return decode_audio(self.audio_vae, audio_latents)
+
+    @staticmethod
+    def postprocess_video(video: torch.Tensor, output_type: str):
+        """`(B, 3, F, H, W)` in `[-1, 1]` -> the requested output type (values in `[0, 1]`)."""
+        frames = (video * 0.5 + 0.5).clamp(0.0, 1.0)  # spec §7.4 (uint8 conversion truncates later)
+        if output_type == "pt":
+            return frames.permute(0, 2, 1, 3, 4).contiguous()
+        array = frames.permute(0, 2, 3, 4, 1).cpu().numpy()
+        if output_type == "np":
+            return array
+        # "pil": truncating uint8 cast like the original (spec §7.4, §9.19).
+        u8 = (array * 255).astype(np.uint8)
+        return [[PIL.Image.fromarray(f) for f in clip] for clip in u8]
+
+    @staticmethod
+    def postprocess_audio(audio: torch.Tensor, output_type: str):
+        return audio if output_type == "pt" else audio.cpu().numpy()
+
+    # ------------------------------------------------------------------ shared checks
+    def _check_common(
+        self,
+        prompt,
+        prompt_embeds,
+        negative_prompt_embeds,
+        do_cfg,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+        generator,
+        batch_size_hint,
+    ):
+        if prompt is None and prompt_embeds is None:
+            raise ValueError("Give a `prompt` (or precomputed `prompt_embeds`).")
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Give either `prompt` or `prompt_embeds`, not both.")
+        if prompt is not None:
+            prompts = [prompt] if isinstance(prompt, str) else prompt
+            if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+                raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
+            if len(prompts) == 0 or any(len(p.strip()) == 0 for p in prompts):
+                raise ValueError("`prompt` is empty; describe the video (and the speech) you want.")
+        if prompt_embeds is not None and prompt_embeds.ndim != 3:
+            raise ValueError(f"`prompt_embeds` must be (batch, tokens, channels), got shape {tuple(prompt_embeds.shape)}.")
+        if output_type not in _OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {_OUTPUT_TYPES}, got {output_type!r}.")
+        if callback_on_step_end_tensor_inputs is not None:
+            bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if bad:
+                raise ValueError(
+                    f"`callback_on_step_end_tensor_inputs` has {bad}; allowed: {self._callback_tensor_inputs}."
+                )
+        if isinstance(generator, list) and len(generator) != batch_size_hint:
+            raise ValueError(
+                f"Got {len(generator)} generators for an effective batch of {batch_size_hint}; give one generator "
+                "or one per video."
+            )
+
+    @staticmethod
+    def _generator_device(generator) -> torch.device | None:
+        gen = generator[0] if isinstance(generator, list) else generator
+        return None if gen is None else gen.device
+
+    @staticmethod
+    def _default_device():
+        return get_device()
