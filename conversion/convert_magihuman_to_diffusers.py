@@ -15,9 +15,16 @@
 
 Usage::
 
-    python -m conversion.convert_magihuman_to_diffusers --checkpoint /ckpts/base --variant base --output out/
-    # writes out/transformer/{config.json, diffusion_pytorch_model*.safetensors}
+    python conversion/convert_magihuman_to_diffusers.py --checkpoint /ckpts/distill --variant distill --output out/ \
+        [--vae Wan2.2-TI2V-5B-Diffusers/vae] [--audio-vae stable-audio-open-1.0] [--text-encoder t5gemma-9b-9b-ul2] \
+        [--turbo-vae turbo_vae/checkpoint-340000.ckpt --turbo-vae-config turbo_vae/TurboV3-Wan22-TinyShallow_7_7.json]
+    # writes a pipeline folder: out/model_index.json, out/scheduler/, out/transformer/ and the bundled components
+    MagiHumanPipeline.from_pretrained("out")          # MagiHumanSRPipeline for sr_540p / sr_1080p
     MagiHumanTransformer3DModel.from_pretrained("out", subfolder="transformer")
+
+Components that are not bundled are recorded as absent; pass them when loading
+(``MagiHumanPipeline.from_pretrained("out", vae=..., text_encoder=..., tokenizer=...)``). ``--link`` symlinks
+diffusers-format component folders instead of copying them. ``--transformer-only`` writes just ``out/transformer/``.
 
 Input: an original checkpoint folder (``model.safetensors.index.json`` plus shards, a shard optionally stored as
 ``<shard>.safetensors.zst``; or one ``model.safetensors``), with upstream's key names (331 keys at full size).
@@ -553,6 +560,188 @@ def save_transformer(
     return target
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Pipeline folders (model_index.json + scheduler/ + optional bundled components)
+# ---------------------------------------------------------------------------------------------------------------------
+
+PIPELINE_CLASS = {
+    "base": "MagiHumanPipeline",
+    "distill": "MagiHumanPipeline",
+    "sr_540p": "MagiHumanSRPipeline",
+    "sr_1080p": "MagiHumanSRPipeline",
+}
+# The distilled checkpoint samples with the DMD-2 rule (original `cfg_number = 1`); the others with UniPC.
+SCHEDULER_SAMPLER = {"base": "unipc", "distill": "dmd", "sr_540p": "unipc", "sr_1080p": "unipc"}
+
+
+def _sibling(module: str):
+    """Import a sibling converter both as `conversion.X` (package) and as `X` (script run from conversion/)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"conversion.{module}")
+    except ImportError:
+        return importlib.import_module(module)
+
+
+def _is_diffusers_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def plan_pipeline_components(
+    vae: str | None = None,
+    audio_vae: str | None = None,
+    text_encoder: str | None = None,
+    turbo_vae: str | None = None,
+    turbo_vae_config: str | None = None,
+) -> dict[str, tuple[str, str] | None]:
+    """Checks the component inputs (existence and kind) and returns `{name: (kind, path) | None}`.
+
+    Raises a clear error before anything is converted or written.
+    """
+    plan: dict[str, tuple[str, str] | None] = {}
+    if vae is not None:
+        if not _is_diffusers_folder(vae):
+            raise FileNotFoundError(
+                f"--vae {vae!r} is not a diffusers model folder (no config.json). Give the `vae/` folder of "
+                "Wan2.2-TI2V-5B-Diffusers."
+            )
+        plan["vae"] = ("diffusers", vae)
+    if audio_vae is not None:
+        if os.path.isfile(os.path.join(audio_vae, "model_config.json")):
+            plan["audio_vae"] = ("original", audio_vae)
+        elif _is_diffusers_folder(audio_vae):
+            plan["audio_vae"] = ("diffusers", audio_vae)
+        else:
+            raise FileNotFoundError(
+                f"--audio-vae {audio_vae!r} has neither model_config.json (original Stable-Audio-Open layout) nor "
+                "config.json (a diffusers AutoencoderOobleck folder)."
+            )
+    if text_encoder is not None:
+        if not os.path.isfile(os.path.join(text_encoder, "config.json")):
+            raise FileNotFoundError(f"--text-encoder {text_encoder!r} is not a transformers model folder (no config.json).")
+        plan["text_encoder"] = ("transformers", text_encoder)
+    if turbo_vae is not None:
+        if os.path.isdir(turbo_vae) and _is_diffusers_folder(turbo_vae):
+            plan["turbo_vae"] = ("diffusers", turbo_vae)
+        elif os.path.isfile(turbo_vae):
+            if turbo_vae_config is None or not os.path.isfile(turbo_vae_config):
+                raise FileNotFoundError("--turbo-vae given as a .ckpt needs --turbo-vae-config (the original JSON).")
+            plan["turbo_vae"] = ("original", turbo_vae)
+            plan["turbo_vae_config"] = ("original", turbo_vae_config)
+        else:
+            raise FileNotFoundError(f"--turbo-vae {turbo_vae!r} is neither a .ckpt file nor a converted model folder.")
+    elif turbo_vae_config is not None:
+        raise ValueError("--turbo-vae-config needs --turbo-vae.")
+    return plan
+
+
+def _place_folder(src: str, dst: str, link: bool) -> None:
+    if os.path.exists(dst):
+        raise FileExistsError(f"{dst} exists; remove it or choose another --output.")
+    if link:
+        os.symlink(os.path.abspath(src), dst, target_is_directory=True)
+    else:
+        shutil.copytree(src, dst)
+
+
+def _entry(module) -> list[str]:
+    """The `model_index.json` entry diffusers writes for a component (ours as `diffusers_magihuman`)."""
+    from diffusers.pipelines.pipeline_loading_utils import _fetch_class_library_tuple
+
+    library, class_name = _fetch_class_library_tuple(module)
+    if library.startswith("diffusers_magihuman"):
+        library = "diffusers_magihuman"
+    elif library.startswith("diffusers"):
+        library = "diffusers"
+    elif library.startswith("transformers"):
+        library = "transformers"
+    return [library, class_name]
+
+
+def write_pipeline_folder(
+    output_dir: str | os.PathLike, variant: str, plan: dict | None = None, link: bool = False
+) -> str:
+    """Writes `scheduler/`, the planned components and `model_index.json` next to `output_dir/transformer/`.
+
+    Args:
+        output_dir: the folder that already holds `transformer/` (from [`save_transformer`]).
+        variant: `base`, `distill`, `sr_540p` or `sr_1080p` (pipeline class and scheduler rule).
+        plan: from [`plan_pipeline_components`]; absent components are recorded as `[null, null]`.
+        link: symlink diffusers-format folders instead of copying them.
+
+    Returns:
+        `str`: `output_dir`.
+    """
+    import diffusers
+
+    from diffusers_magihuman.schedulers.scheduling_magihuman import MagiHumanScheduler
+
+    if variant not in PIPELINE_CLASS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
+    output_dir = os.fspath(output_dir)
+    plan = dict(plan or {})
+    if not os.path.isdir(os.path.join(output_dir, "transformer")):
+        raise FileNotFoundError(f"{output_dir}/transformer/ is missing; convert the transformer first.")
+    index: dict[str, Any] = {
+        "_class_name": PIPELINE_CLASS[variant],
+        "_diffusers_version": diffusers.__version__,
+        "transformer": ["diffusers_magihuman", "MagiHumanTransformer3DModel"],
+        "scheduler": ["diffusers_magihuman", "MagiHumanScheduler"],
+        "vae": [None, None],
+        "audio_vae": [None, None],
+        "text_encoder": [None, None],
+        "tokenizer": [None, None],
+        "turbo_vae": [None, None],
+    }
+    MagiHumanScheduler(sampler=SCHEDULER_SAMPLER[variant]).save_pretrained(os.path.join(output_dir, "scheduler"))
+
+    if "vae" in plan:
+        from diffusers import AutoencoderKLWan
+
+        _, src = plan["vae"]
+        _place_folder(src, os.path.join(output_dir, "vae"), link)
+        index["vae"] = ["diffusers", AutoencoderKLWan.load_config(src).get("_class_name", "AutoencoderKLWan")]
+    if "audio_vae" in plan:
+        kind, src = plan["audio_vae"]
+        dst = os.path.join(output_dir, "audio_vae")
+        if kind == "original":
+            audio_vae = _sibling("convert_oobleck_to_diffusers").load_oobleck_original(src)
+            audio_vae.save_pretrained(dst)
+            index["audio_vae"] = _entry(audio_vae)
+        else:
+            _place_folder(src, dst, link)
+            from diffusers import AutoencoderOobleck
+
+            class_name = AutoencoderOobleck.load_config(src).get("_class_name", "AutoencoderOobleck")
+            library = "diffusers_magihuman" if class_name == "AutoencoderOobleckUntied" else "diffusers"
+            index["audio_vae"] = [library, class_name]
+    if "text_encoder" in plan:
+        from transformers import AutoTokenizer, T5GemmaEncoderModel
+
+        _, src = plan["text_encoder"]
+        encoder = T5GemmaEncoderModel.from_pretrained(src, is_encoder_decoder=False, dtype=torch.bfloat16)
+        encoder.save_pretrained(os.path.join(output_dir, "text_encoder"))
+        tokenizer = AutoTokenizer.from_pretrained(src)
+        tokenizer.save_pretrained(os.path.join(output_dir, "tokenizer"))
+        index["text_encoder"] = _entry(encoder)
+        index["tokenizer"] = _entry(tokenizer)
+    if "turbo_vae" in plan:
+        kind, src = plan["turbo_vae"]
+        dst = os.path.join(output_dir, "turbo_vae")
+        if kind == "original":
+            turbo = _sibling("convert_turbo_vae_to_diffusers").load_turbo_vae_original(src, plan["turbo_vae_config"][1])
+            turbo.to(torch.bfloat16).save_pretrained(dst)  # the original runs it in bf16
+        else:
+            _place_folder(src, dst, link)
+        index["turbo_vae"] = ["diffusers_magihuman", "AutoencoderTurboVAED"]
+
+    with open(os.path.join(output_dir, "model_index.json"), "w") as handle:
+        json.dump(index, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    return output_dir
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", "--checkpoint_dir", "--checkpoint-dir", dest="checkpoint", required=True,
@@ -564,18 +753,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pad-swiglu-to-multiple-of", "--pad_swiglu_to_multiple_of", dest="pad_swiglu",
                         type=int, default=None, help="zero-pad the swiglu7 width to a multiple of N (exact)")
     parser.add_argument("--max-shard-size", "--max_shard_size", dest="max_shard_size", default="10GB")
+    parser.add_argument("--transformer-only", action="store_true", help="write only OUTPUT/transformer/")
+    parser.add_argument("--vae", default=None, help="diffusers AutoencoderKLWan folder (Wan2.2-TI2V-5B `vae/`) to bundle")
+    parser.add_argument("--audio-vae", dest="audio_vae", default=None,
+                        help="Stable-Audio-Open folder (original model_config.json + model.safetensors) or a diffusers "
+                             "AutoencoderOobleck folder, to bundle")
+    parser.add_argument("--text-encoder", dest="text_encoder", default=None,
+                        help="T5-Gemma folder (transformers; e.g. t5gemma-9b-9b-ul2); its encoder and tokenizer are bundled")
+    parser.add_argument("--turbo-vae", dest="turbo_vae", default=None,
+                        help="original Turbo-VAE .ckpt, or a converted AutoencoderTurboVAED folder")
+    parser.add_argument("--turbo-vae-config", dest="turbo_vae_config", default=None, help="the Turbo-VAE JSON (.ckpt only)")
+    parser.add_argument("--link", action="store_true", help="symlink diffusers-format component folders instead of copying")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    components = {
+        "vae": args.vae,
+        "audio_vae": args.audio_vae,
+        "text_encoder": args.text_encoder,
+        "turbo_vae": args.turbo_vae,
+    }
+    if args.transformer_only and any(components.values()):
+        raise ValueError("--transformer-only writes no other component; drop it or the component flags.")
+    # Step 0: check every component input before any long work or any write.
+    plan = None if args.transformer_only else plan_pipeline_components(**components, turbo_vae_config=args.turbo_vae_config)
     # Step 1: the transformer (validated completely before anything is written).
     model = convert_transformer(
         args.checkpoint, args.variant, config=args.config, dtype=args.dtype, pad_swiglu_to_multiple_of=args.pad_swiglu
     )
     transformer_dir = save_transformer(model, args.output, max_shard_size=args.max_shard_size)
     print(f"[convert] wrote {transformer_dir}")
-    # Step 2 (future): scheduler/, model_index.json and bundled VAEs next to it (`write_pipeline_folder`).
+    if args.transformer_only:
+        return 0
+    # Step 2: scheduler/, the bundled components and model_index.json (written last).
+    write_pipeline_folder(args.output, args.variant, plan, link=args.link)
+    print(f"[convert] wrote pipeline folder {args.output} ({PIPELINE_CLASS[args.variant]})")
     return 0
 
 
