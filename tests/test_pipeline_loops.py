@@ -180,3 +180,61 @@ def test_distill_e2e_latents_match_original():
     )
     _assert_close(out.frames, t["base.final_video"], "final video")
     _assert_close(out.audio, t["base.final_audio"], "final audio")
+
+
+def test_distill_e2e_decoded_frames_and_audio_match_original():
+    """Latents -> tiny Turbo-VAE (bf16, as the original) -> truncating uint8, and tiny Oobleck -> 441/512 resample.
+
+    Audio: fp32 Oobleck decode is bit-exact; the FFT resample differs from scipy's float32 FFT by ~1e-7, so atol 1e-5.
+    Frames: the bf16 CPU convolution kernels decide the exact bits; allow one uint8 level on <= 1% of pixels
+    (a wrong denormalisation or rounding instead of truncation moves far more pixels).
+    """
+    from conversion.convert_oobleck_to_diffusers import load_oobleck_original
+    from conversion.convert_turbo_vae_to_diffusers import load_turbo_vae_original
+    from _synthetic import FIXTURES
+
+    meta, t = load_fixture("loop_t2v_distill_e2e")
+    turbo = load_turbo_vae_original(
+        FIXTURES / "turbo_vae_real_structure.ckpt", FIXTURES / "turbo_vae_real_structure_config.json"
+    ).to(torch.bfloat16)
+    pipe = MagiHumanPipeline(
+        transformer=SyntheticDiT(calls_per_step=1),
+        scheduler=MagiHumanScheduler(sampler="dmd"),
+        audio_vae=load_oobleck_original(str(FIXTURES / "oobleck_tiny")),
+        turbo_vae=turbo,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    kw = _common_kwargs(meta, t, cfg=False)
+    kw["output_type"] = "np"
+    out = pipe(**kw, seconds=meta["seconds"], generator=torch.Generator().manual_seed(meta["seed"]))
+    frames = (out.frames[0] * 255).astype("uint8")  # the original's truncating cast (spec §7.4)
+    ref = t["out.video_uint8"].numpy()
+    assert frames.shape == ref.shape
+    off = abs(frames.astype(int) - ref.astype(int))
+    assert off.max() <= 1 and (off > 0).mean() <= 0.01, f"max {off.max()}, fraction {(off > 0).mean():.4f}"
+    audio = torch.from_numpy(out.audio[0]).T  # [S, 2]
+    ref_audio = t["out.audio_44100"]
+    assert audio.shape == ref_audio.shape
+    _assert_close(audio, ref_audio, "audio 44.1 kHz")
+
+
+def test_a2v_base_from_waveform_encodes_like_original():
+    """The whole audio-driven path: waveform -> 51.2 kHz trim -> tiny Oobleck encode (bottleneck draw first) -> loop."""
+    from conversion.convert_oobleck_to_diffusers import load_oobleck_original
+    from _synthetic import FIXTURES
+
+    meta, t = load_fixture("loop_a2v_base")
+    pipe = MagiHumanPipeline(
+        transformer=SyntheticDiT(calls_per_step=2),
+        scheduler=MagiHumanScheduler(sampler="unipc"),
+        audio_vae=load_oobleck_original(str(FIXTURES / "oobleck_tiny")),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        **_common_kwargs(meta, t, cfg=True),
+        audio=(t["audio_wave_51200hz"], 51200),
+        seconds=meta["seconds"],
+        generator=torch.Generator().manual_seed(meta["seed"]),
+    )
+    _assert_close(out.audio, t["base.init_audio"], "encoded driving audio")
+    _assert_close(out.frames, t["out.latent_video"], "final video")
