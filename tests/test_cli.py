@@ -1,0 +1,30 @@
+"""The `magihuman` command: the offline demo and `generate` on a saved (tiny) pipeline folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from diffusers_magihuman.cli import main
+from diffusers_magihuman.testing_utils import make_tiny_pipeline
+from diffusers_magihuman.utils.video import read_video_info
+
+
+def test_demo_writes_mp4_with_audio(tmp_path, capsys):
+    path = tmp_path / "demo.mp4"
+    assert main(["demo", "--output", str(path), "--seconds", "0.4", "--height", "32", "--width", "64"]) == 0
+    info = read_video_info(str(path))
+    assert info.num_frames == 9 and info.width == 64 and info.height == 32 and info.fps == pytest.approx(25)
+    assert info.audio_sample_rate == 44100 and info.audio_channels == 2
+    assert "RANDOM weights" in capsys.readouterr().out
+
+
+def test_generate_from_folder_and_bad_input(tmp_path, capsys):
+    folder = tmp_path / "tiny"
+    make_tiny_pipeline(seed=0, distilled=True).save_pretrained(folder)
+    out = tmp_path / "gen.mp4"
+    rc = main(["generate", "--model", str(folder), "--prompt", "A man waves.", "--seconds", "0.2", "--height", "32",
+               "--width", "32", "--steps", "2", "--output", str(out)])  # fmt: skip
+    assert rc == 0 and read_video_info(str(out)).num_frames == 5
+    rc = main(["generate", "--model", str(folder), "--prompt", "  ", "--output", str(tmp_path / "x.mp4")])
+    assert rc == 2 and "empty" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
