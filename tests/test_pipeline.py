@@ -11,7 +11,7 @@ import torch
 import diffusers
 import diffusers_magihuman
 from diffusers_magihuman import MagiHumanPipeline, MagiHumanSRPipeline
-from diffusers_magihuman.testing_utils import make_tiny_components, make_tiny_pipeline, make_tiny_transformer
+from diffusers_magihuman.testing_utils import make_tiny_pipeline, make_tiny_transformer
 
 
 PROMPT = 'A man waves. Dialogue: <Man, English>: "Hi!"'

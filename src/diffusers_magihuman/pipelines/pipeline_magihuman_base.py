@@ -17,7 +17,6 @@ image encoding, decoding and output post-processing. One copy, used by both."""
 from __future__ import annotations
 
 import contextlib
-import os
 
 import numpy as np
 import PIL.Image
@@ -176,20 +175,12 @@ class MagiHumanPipelineMixin:
 
     @staticmethod
     def load_image(image):
-        """Open an image path/URL-free input early, so an unreadable file fails before any model runs."""
-        if isinstance(image, (str, os.PathLike)):
-            path = os.fspath(image)
-            if not os.path.isfile(path):
-                raise ValueError(f"Image file {path!r} does not exist.")
-            try:
-                from diffusers.utils import load_image
+        """Open/validate the conditioning image(s) early, so an unreadable file fails before any model runs."""
+        from ..utils.image import to_pil_image
 
-                return load_image(path)  # EXIF transpose + RGB, as the original (spec §6.4)
-            except Exception as e:  # PIL raises several types
-                raise ValueError(f"Could not read image {path!r}: {e}. Give a PNG/JPEG file or a PIL image.") from e
         if isinstance(image, list):
-            return [MagiHumanPipelineMixin.load_image(x) for x in image]
-        return image
+            return [to_pil_image(x) for x in image]
+        return to_pil_image(image)
 
     # ------------------------------------------------------------------ text
     def _get_t5_prompt_embeds(

@@ -28,11 +28,9 @@ from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..constants import (
-    DEFAULT_AUDIO_GUIDANCE_SCALE,
     SR_AUDIO_NOISE_SCALE,
     SR_CFG_TRICK_START_FRAME,
     SR_CFG_TRICK_VALUE,
-    SR_GUIDANCE_SCALE,
     SR_NOISE_VALUE,
     SR_NUM_INFERENCE_STEPS,
     TEXT_MAX_SEQUENCE_LENGTH,

@@ -70,7 +70,7 @@ def resize_crop(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Im
     return image.crop(box)
 
 
-def _to_pil(image) -> PIL.Image.Image:
+def to_pil_image(image) -> PIL.Image.Image:
     """PIL image, path, numpy array or tensor -> RGB PIL image with the EXIF orientation applied."""
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
@@ -142,7 +142,7 @@ def preprocess_image(image, height: int, width: int) -> torch.Tensor:
             f"`height` and `width` must be positive multiples of {_VAE_SCALE_FACTOR}, got {height}x{width} (HxW). "
             "Snap the size first (the pipeline rounds down to multiples of 32)."
         )
-    pil = _to_pil(image)
+    pil = to_pil_image(image)
     pil = resize_crop(pil, height, width)
     pixels = _get_video_processor().preprocess(pil, height=height, width=width)
     return pixels.to(torch.float32)
