@@ -247,3 +247,28 @@ def test_size_is_snapped_down(pipe):
 def test_package_registers_with_diffusers():
     assert getattr(diffusers, "MagiHumanPipeline") is MagiHumanPipeline
     assert getattr(diffusers.pipelines, "diffusers_magihuman") is diffusers_magihuman
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["model", "sequential", "group"])
+def test_offload_modes_on_cuda_match_full_gpu(mode):
+    ref_pipe = make_tiny_pipeline(seed=0).to("cuda")
+    kw = dict(prompt=PROMPT, height=32, width=32, num_frames=5, num_inference_steps=2, output_type="latent")
+    ref = ref_pipe(**kw, generator=_gen())
+    pipe = make_tiny_pipeline(seed=0)
+    if mode == "model":
+        pipe.enable_model_cpu_offload()
+    elif mode == "sequential":
+        pipe.enable_sequential_cpu_offload()
+    else:
+        pipe.enable_group_offload(
+            onload_device=torch.device("cuda"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=True,
+            exclude_modules=["audio_vae", "tokenizer"],
+        )
+    out = pipe(**kw, generator=_gen())
+    torch.testing.assert_close(out.frames.cpu(), ref.frames.cpu(), rtol=1e-4, atol=1e-4)
+    full = pipe(PROMPT, height=32, width=32, num_frames=5, num_inference_steps=1, generator=_gen())
+    assert full.frames.shape == (1, 5, 32, 32, 3)
