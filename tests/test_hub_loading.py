@@ -15,6 +15,7 @@ from diffusers_magihuman.testing_utils import make_tiny_pipeline
 
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
+REPO_ID = "org/tiny-magihuman"  # exists only in the simulated cache below
 
 
 def _fake_hub(root) -> str:
@@ -22,7 +23,7 @@ def _fake_hub(root) -> str:
 
     src = os.path.join(root, "src")
     make_tiny_pipeline().save_pretrained(src)
-    repo = os.path.join(root, "hub", "models--org--tiny-magihuman")
+    repo = os.path.join(root, "hub", "models--" + REPO_ID.replace("/", "--"))
     snap = os.path.join(repo, "snapshots", SHA)
     shutil.copytree(src, snap)
     os.makedirs(os.path.join(repo, "refs"))
@@ -41,11 +42,11 @@ def _fake_hub(root) -> str:
 
 def test_repo_id_loads_through_hub_code_path(tmp_path):
     cache = _fake_hub(str(tmp_path))
-    script = textwrap.dedent(
+    script = f"REPO_ID = {REPO_ID!r}\n" + textwrap.dedent(
         """
         import diffusers, diffusers_magihuman
-        a = diffusers_magihuman.MagiHumanPipeline.from_pretrained("org/tiny-magihuman")
-        b = diffusers.DiffusionPipeline.from_pretrained("org/tiny-magihuman")
+        a = diffusers_magihuman.MagiHumanPipeline.from_pretrained(REPO_ID)
+        b = diffusers.DiffusionPipeline.from_pretrained(REPO_ID)
         print(type(a).__name__, type(b).__name__, type(b.transformer).__name__, b.scheduler.config.sampler)
         """
     )

@@ -49,6 +49,7 @@ def test_sr_prep_matches_original():
     up, audio = pipe.prepare_sr_latents(
         t["base_latent_video"], t["base_latent_audio"], h, w, 220, 0.7, None, noise=t["rng.02"], audio_noise=t["rng.03"]
     )
+    assert up.shape == t["sr_input_video"].shape and audio.shape == t["sr_input_audio"].shape
     _close(up, t["sr_input_video"], "sr video input")
     _close(audio, t["sr_input_audio"], "sr audio input")
     # and with a generator positioned after the base draws (rng.00, rng.01)

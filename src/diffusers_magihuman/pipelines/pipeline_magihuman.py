@@ -466,25 +466,18 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline):
                     # TI2V: pin the clean image latent into frame 0 before every call (spec §6.4, §9.18).
                     latents[:, :, :1] = image_latents
 
-                with self._cache_context("cond"):
-                    v_video, v_audio = self.transformer(
-                        hidden_states=latents,
-                        audio_hidden_states=audio_latents,
-                        encoder_hidden_states=prompt_embeds,
-                        encoder_attention_mask=prompt_attention_mask,
-                        attention_kwargs=attention_kwargs,
-                        return_dict=False,
-                    )
+                v_video, v_audio = self._denoise_pass(
+                    "cond", latents, audio_latents, prompt_embeds, prompt_attention_mask, attention_kwargs
+                )
                 if self._do_cfg:
-                    with self._cache_context("uncond"):
-                        u_video, u_audio = self.transformer(
-                            hidden_states=latents,
-                            audio_hidden_states=audio_latents,
-                            encoder_hidden_states=negative_prompt_embeds,
-                            encoder_attention_mask=negative_prompt_attention_mask,
-                            attention_kwargs=attention_kwargs,
-                            return_dict=False,
-                        )
+                    u_video, u_audio = self._denoise_pass(
+                        "uncond",
+                        latents,
+                        audio_latents,
+                        negative_prompt_embeds,
+                        negative_prompt_attention_mask,
+                        attention_kwargs,
+                    )
                     # Video CFG switches to a fixed 2.0 once t <= 500; audio CFG is constant (spec §6.2, §9.5).
                     g = guidance_scale if int(t) > guidance_switch_timestep else late_guidance_scale
                     v_video = u_video + g * (v_video - u_video)

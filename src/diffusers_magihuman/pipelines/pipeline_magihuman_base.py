@@ -173,6 +173,18 @@ class MagiHumanPipelineMixin:
         ctx = getattr(self.transformer, "cache_context", None)
         return ctx(name) if ctx is not None else contextlib.nullcontext()
 
+    def _denoise_pass(self, context: str, latents, audio_latents, embeds, mask, attention_kwargs):
+        """One DiT call: `(video_velocity, audio_velocity)` for the `"cond"` or `"uncond"` text (cache context)."""
+        with self._cache_context(context):
+            return self.transformer(
+                hidden_states=latents,
+                audio_hidden_states=audio_latents,
+                encoder_hidden_states=embeds,
+                encoder_attention_mask=mask,
+                attention_kwargs=attention_kwargs,
+                return_dict=False,
+            )
+
     @staticmethod
     def load_image(image):
         """Open/validate the conditioning image(s) early, so an unreadable file fails before any model runs."""

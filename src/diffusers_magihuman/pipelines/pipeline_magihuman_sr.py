@@ -389,25 +389,14 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline):
                 self._current_timestep = t
                 if image_latents is not None:
                     latents[:, :, :1] = image_latents
-                with self._cache_context("cond"):
-                    v_video = self.transformer(
-                        hidden_states=latents,
-                        audio_hidden_states=sr_audio,
-                        encoder_hidden_states=prompt_embeds,
-                        encoder_attention_mask=prompt_attention_mask,
-                        attention_kwargs=attention_kwargs,
-                        return_dict=False,
-                    )[0]
+                # The SR audio velocity is ignored: the audio is never stepped (spec §6.6 step 4).
+                v_video = self._denoise_pass(
+                    "cond", latents, sr_audio, prompt_embeds, prompt_attention_mask, attention_kwargs
+                )[0]
                 if self._do_cfg:
-                    with self._cache_context("uncond"):
-                        u_video = self.transformer(
-                            hidden_states=latents,
-                            audio_hidden_states=sr_audio,
-                            encoder_hidden_states=negative_prompt_embeds,
-                            encoder_attention_mask=negative_prompt_attention_mask,
-                            attention_kwargs=attention_kwargs,
-                            return_dict=False,
-                        )[0]
+                    u_video = self._denoise_pass(
+                        "uncond", latents, sr_audio, negative_prompt_embeds, negative_prompt_attention_mask, attention_kwargs
+                    )[0]
                     v_video = u_video + g_video * (v_video - u_video)
                 latents = scheduler.step(v_video, t, latents, return_dict=False)[0]
 
