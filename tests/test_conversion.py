@@ -21,13 +21,17 @@ attention (`tiny_local_seed0`, all-fp32 checkpoint, coords v1).
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conversion.convert_magihuman_to_diffusers import (
+# `conversion/` lives at the repository root, next to `tests/` (it is not part of the installed package).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from conversion.convert_magihuman_to_diffusers import (  # noqa: E402
     SR_1080P_LOCAL_ATTN_LAYERS,
     CheckpointConversionError,
     convert_state_dict,
@@ -37,7 +41,10 @@ from conversion.convert_magihuman_to_diffusers import (
     main,
     transformer_config_from_original,
 )
-from diffusers_magihuman.models.transformer_magihuman import MagiHumanAttnProcessor, MagiHumanTransformer3DModel
+from diffusers_magihuman.models.transformer_magihuman import (  # noqa: E402
+    MagiHumanAttnProcessor,
+    MagiHumanTransformer3DModel,
+)
 
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream_dit"
@@ -353,3 +360,38 @@ def test_full_size_original_keys_map_one_to_one():
     assert all(converted[k].shape == model_sd[k].shape for k in model_sd)
     back = convert_to_original_state_dict(converted, config)
     assert {k: tuple(v.shape) for k, v in back.items()} == shapes
+
+
+def test_round_trip_of_other_architectures():
+    # Fields no release uses (post-norms, no gating) and a padded swiglu width still map 1:1 both ways, and the
+    # re-imported weights give the very same model.
+    config = {
+        "num_layers": 3, "hidden_size": 32, "head_dim": 16, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "in_channels": 4, "audio_in_channels": 8, "text_in_channels": 12, "mm_layers": [1, 2], "gelu7_layers": [2],
+        "post_norm_layers": [0, 1], "enable_attn_gating": False, "pad_swiglu_to_multiple_of": 16,
+    }  # fmt: skip
+    torch.manual_seed(0)
+    model = MagiHumanTransformer3DModel(**config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.2)
+        for block in model.blocks:  # padding must stay zero for the padded model to equal the original one
+            for name, expert in block.ff.named_children():
+                if name.startswith("up_proj") and block.ff.activation == "swiglu7":
+                    expert.weight[84:96].zero_()  # swiglu width int(32 * 8 / 3) // 4 * 4 = 84, padded to 96
+                    expert.weight[96 + 84 :].zero_()
+                elif name.startswith("down_proj") and block.ff.activation == "swiglu7":
+                    expert.weight[:, 84:].zero_()
+    original = convert_to_original_state_dict(model.state_dict(), model.config)
+    assert "block.layers.1.attn_post_norm.weight" in original and "block.layers.0.mlp_post_norm.weight" in original
+    assert original["block.layers.1.attn_post_norm.weight"].shape == (3 * 32,)
+    assert original["block.layers.0.attention.linear_qkv.weight"].shape == (4 * 16, 32)  # no gate rows
+    assert original["block.layers.0.mlp.up_gate_proj.weight"].shape == (2 * 84, 32)
+    converted = convert_state_dict(original, model.config)
+    reloaded = MagiHumanTransformer3DModel(**config).eval()
+    reloaded.load_state_dict(converted, strict=True)
+    g = torch.Generator().manual_seed(1)
+    video = torch.randn(1, 4, 3, 2, 4, generator=g)
+    audio, text = torch.randn(1, 9, 8, generator=g), torch.randn(1, 4, 12, generator=g)
+    with torch.no_grad():
+        assert torch.equal(reloaded(video, audio, text).sample, model(video, audio, text).sample)

@@ -148,13 +148,12 @@ def apply_magihuman_rotary_emb(
         hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, heads, head_dim)`): fp32 queries or keys.
         freqs_cos, freqs_sin (`torch.Tensor` of shape `(batch_size, seq_len, R/2)`): the RoPE table halves.
     """
-    rotary_dim = freqs_cos.shape[-1] * 2
-    cos = torch.cat([freqs_cos, freqs_cos], dim=-1).unsqueeze(-2)
-    sin = torch.cat([freqs_sin, freqs_sin], dim=-1).unsqueeze(-2)
-    x_rot, x_pass = hidden_states[..., :rotary_dim], hidden_states[..., rotary_dim:]
-    x1, x2 = x_rot.chunk(2, dim=-1)
-    rotated_half = torch.cat((-x2, x1), dim=-1)
-    return torch.cat([x_rot * cos + rotated_half * sin, x_pass], dim=-1)
+    half = freqs_cos.shape[-1]
+    cos, sin = freqs_cos.unsqueeze(-2), freqs_sin.unsqueeze(-2)
+    x1, x2 = hidden_states[..., :half], hidden_states[..., half : 2 * half]
+    # `x_rot * cat(cos, cos) + cat(-x2, x1) * cat(sin, sin)` written per half, without the doubled tables and the
+    # rotated copy: `a + (-b) * c` and `a - b * c` round identically, so this is bit-exact and does fewer passes.
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, hidden_states[..., 2 * half :]], dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -558,14 +557,16 @@ class MagiHumanAttnProcessor:
     ) -> torch.Tensor:
         heads, kv_heads, head_dim = attn.heads, attn.kv_heads, attn.head_dim
 
-        # §3.4 steps 2-3: bf16 matmul with bf16 result, then fp32; split q | k | v | gate, head-major.
-        qkv = apply_per_modality(experts_of(attn, "to_qkv"), hidden_states, token_layout, bf16_compute_linear).float()
+        # §3.4 steps 2-3: bf16 matmul with bf16 result, then fp32; split q | k | v | gate, head-major. Only q and k
+        # are materialised in fp32: v goes back to bf16 unchanged and the gate is upcast where it is used, so skipping
+        # their fp32 round trip is exact.
+        qkv = apply_per_modality(experts_of(attn, "to_qkv"), hidden_states, token_layout, bf16_compute_linear)
         query, key, value, gate = qkv.split(
             [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim, attn.gate_size], dim=-1
         )
-        query = query.unflatten(-1, (heads, head_dim))
-        key = key.unflatten(-1, (kv_heads, head_dim))
-        value = value.unflatten(-1, (kv_heads, head_dim))
+        query = query.float().unflatten(-1, (heads, head_dim))
+        key = key.float().unflatten(-1, (kv_heads, head_dim))
+        value = value.to(_BLOCK_COMPUTE_DTYPE).contiguous().unflatten(-1, (kv_heads, head_dim))
 
         # §3.4 steps 4-5: per-head RMSNorm (per modality in mm layers), RoPE in fp32; v is not normalised or rotated.
         query = apply_per_modality(experts_of(attn, "norm_q"), query, token_layout)
@@ -580,7 +581,7 @@ class MagiHumanAttnProcessor:
 
         # §3.4 step 7: gate = sigmoid of the last Hq qkv columns, per token and head (bf16 * fp32 -> fp32 product).
         if attn.gate_size:
-            hidden_states = hidden_states * torch.sigmoid(gate).unsqueeze(-1)
+            hidden_states = hidden_states * torch.sigmoid(gate.float()).unsqueeze(-1)
         # §3.4 step 8: bf16 into the output projection (bf16 result, added to the fp32 residual by the block).
         hidden_states = hidden_states.flatten(2).to(_BLOCK_COMPUTE_DTYPE)
         return apply_per_modality(experts_of(attn, "to_out"), hidden_states, token_layout, bf16_compute_linear)
@@ -930,6 +931,13 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
     expert (norms and linears) per modality; the others are shared. Outputs are the video prediction (spatial-major
     unpacking, §2.4) and the audio prediction.
 
+    Dtypes follow the original (§3.8): the block linears are created in bf16 and always compute in bf16 with bf16
+    results (fp32-stored weights are cast per call, with identical numerics); embedders, norms, RoPE and the output
+    heads are fp32, as is the residual stream. Module names: `blocks.{i}.norm1`, `.attn.{to_qkv, norm_q, norm_k,
+    to_out}`, `.norm2`, `.ff.{up_proj, down_proj}`; in modality-expert layers each of these exists once per modality
+    with a `_video` / `_audio` / `_text` suffix. Use `conversion/convert_magihuman_to_diffusers.py` to convert the
+    original checkpoints. Context parallelism (`_cp_plan`) is not wired up yet.
+
     Args:
         num_layers (`int`, defaults to 40): number of transformer layers.
         hidden_size (`int`, defaults to 5120): residual width.
@@ -1065,6 +1073,71 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         self.proj_out_audio = nn.Linear(hidden_size, audio_in_channels, bias=False)
 
         self.gradient_checkpointing = False
+
+    # -- speed --------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def pad_swiglu_(self, multiple_of: int = 8) -> "MagiHumanTransformer3DModel":
+        r"""
+        Zero-pads the swiglu7 MLP width of every layer **in place** to a multiple of `multiple_of` (13652 -> 13656 for
+        8) and records it in the config (`pad_swiglu_to_multiple_of`), so `save_pretrained` writes a consistent folder.
+
+        This is exact: a padded gate row is zero, its activation `0 * sigmoid(0) * (l + 1)` is zero, and the padded
+        `down_proj` columns are zero. It speeds up the `down_proj` GEMM on GPUs: an unpadded bf16 row of 13652 values
+        (27304 bytes) is not 16-byte aligned, which keeps cuBLAS off its fastest kernels. Only the reduction length
+        changes, so outputs can differ from the unpadded model by fp32 accumulation-order noise.
+
+        Call it right after loading, before LoRA, quantization, offloading or `compile`.
+
+        Args:
+            multiple_of (`int`, defaults to 8): the width multiple.
+
+        Returns:
+            The model itself.
+        """
+        multiple_of = int(multiple_of)
+        if multiple_of < 1:
+            raise ValueError(f"`multiple_of` must be a positive integer, got {multiple_of}.")
+        current = self.config.pad_swiglu_to_multiple_of
+        if current and multiple_of % current != 0:
+            raise ValueError(
+                f"The model is already padded to a multiple of {current}; pad to a multiple of that ({current}, "
+                f"{2 * current}, ...) so the width still matches a model built from the config."
+            )
+        for index, block in enumerate(self.blocks):
+            ff = block.ff
+            if ff.activation != "swiglu7":
+                continue
+            width = ff.intermediate_size
+            padded = -(-width // multiple_of) * multiple_of
+            if padded == width:
+                continue
+            ups, downs = experts_of(ff, "up_proj"), experts_of(ff, "down_proj")
+            ups = (ups,) if isinstance(ups, nn.Module) else ups
+            downs = (downs,) if isinstance(downs, nn.Module) else downs
+            for linear in ups + downs:
+                if not _is_plain_linear(linear) or linear.bias is not None or linear.weight.device.type == "meta":
+                    raise ValueError(
+                        f"`pad_swiglu_` needs the plain, loaded `nn.Linear` MLP weights of block {index}; call it "
+                        "right after loading, before LoRA, quantization, offloading or layerwise casting."
+                    )
+            for up in ups:
+                # rows: gate [0, width) and linear [width, 2 * width) -> gate [0, padded), linear [padded, ...)
+                weight = up.weight
+                new = weight.new_zeros(2 * padded, weight.shape[1])
+                new[:width] = weight[:width]
+                new[padded : padded + width] = weight[width:]
+                up.weight = nn.Parameter(new, requires_grad=weight.requires_grad)
+                up.out_features = 2 * padded
+            for down in downs:
+                weight = down.weight
+                new = weight.new_zeros(weight.shape[0], padded)
+                new[:, :width] = weight
+                down.weight = nn.Parameter(new, requires_grad=weight.requires_grad)
+                down.in_features = padded
+            ff.intermediate_size = padded
+        self.register_to_config(pad_swiglu_to_multiple_of=multiple_of)
+        return self
 
     # -- input handling -----------------------------------------------------------------------------------------------
 
