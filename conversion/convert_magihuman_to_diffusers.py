@@ -64,7 +64,7 @@ Layout changes (all exact; :func:`convert_to_original_state_dict` inverts them):
 3. swiglu7 ``up_gate_proj`` (per expert ``[2I, d]``) has alternating rows (row ``2j`` the gate of channel ``j``, row
    ``2j+1`` its linear partner). ``ff.up_proj`` stores all gate rows first, then all linear rows:
    ``[w[0::2]; w[1::2]]``. gelu7 layers are a plain ``[4d, d]`` up projection and are only renamed.
-4. Optional (``--pad-swiglu-to-multiple-of N``): the swiglu7 width ``I`` is zero-padded to a multiple of ``N`` (gate
+4. ``--pad-swiglu-to-multiple-of N`` (default 8; 1 disables): the swiglu7 width ``I`` is zero-padded to a multiple of ``N`` (gate
    rows, linear rows and ``ff.down_proj`` columns), which leaves the outputs unchanged.
 5. Dtypes (``--dtype``): ``bf16`` (default) stores the block linears in bf16 (the distill / SR checkpoints are all fp32
    and the original rounds them to bf16 when loading, round-to-nearest-even) and keeps embedders, norms, the RoPE bands
@@ -751,7 +751,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=_DTYPES, default="bf16")
     parser.add_argument("--output", required=True, help="output folder; the model goes to OUTPUT/transformer/")
     parser.add_argument("--pad-swiglu-to-multiple-of", "--pad_swiglu_to_multiple_of", dest="pad_swiglu",
-                        type=int, default=None, help="zero-pad the swiglu7 width to a multiple of N (exact)")
+                        type=int, default=8,
+                        help="zero-pad the swiglu7 width to a multiple of N (exact; 13652 -> 13656 at full size, which "
+                             "puts down_proj on fast GEMM kernels, -18%% eager time on H200). 1 keeps the original width")
     parser.add_argument("--max-shard-size", "--max_shard_size", dest="max_shard_size", default="10GB")
     parser.add_argument("--transformer-only", action="store_true", help="write only OUTPUT/transformer/")
     parser.add_argument("--vae", default=None, help="diffusers AutoencoderKLWan folder (Wan2.2-TI2V-5B `vae/`) to bundle")
