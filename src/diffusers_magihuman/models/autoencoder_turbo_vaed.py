@@ -496,6 +496,8 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = False
+    # `decode` is not `forward`: the decoder must be its own offload group so group offload onloads it.
+    _group_offload_block_modules = ["decoder"]
     _no_split_modules = ["TurboVAEDResnetBlock3d", "TurboVAEDResample"]
     # The first and last convolutions are the most precision sensitive; the model has no norm parameters.
     _skip_layerwise_casting_patterns = [r"^decoder\.conv_in", r"^decoder\.conv_out"]

@@ -234,9 +234,10 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline):
         from ..utils.audio import encode_audio
 
         if isinstance(generator, list):
-            latents = [encode_audio(self.audio_vae, waveform, generator=g, device=device) for g in generator]
+            audio_device = self._input_device(self.audio_vae)
+            latents = [encode_audio(self.audio_vae, waveform, generator=g, device=audio_device) for g in generator]
             return torch.cat(latents).to(device=device, dtype=torch.float32)
-        latent = encode_audio(self.audio_vae, waveform, generator=generator, device=device)
+        latent = encode_audio(self.audio_vae, waveform, generator=generator, device=self._input_device(self.audio_vae))
         return latent.to(device=device, dtype=torch.float32).expand(batch_size, -1, -1).clone()
 
     def _load_driving_audio(self, audio, seconds, driving_audio_sample_rate):

@@ -173,6 +173,14 @@ class MagiHumanPipelineMixin:
         ctx = getattr(self.transformer, "cache_context", None)
         return ctx(name) if ctx is not None else contextlib.nullcontext()
 
+    def _input_device(self, module) -> torch.device:
+        """Where a component's inputs must go. Offload hooks (accelerate's, or diffusers' group offload) bring the
+        weights to the execution device only when the component runs, and `encode`/`decode` do not move inputs."""
+        if hasattr(module, "_hf_hook") or getattr(module, "_diffusers_hook", None) is not None:
+            return self._execution_device
+        device = getattr(module, "device", None)
+        return self._execution_device if device is None or device.type == "meta" else device
+
     def _denoise_pass(self, context: str, latents, audio_latents, embeds, mask, attention_kwargs):
         """One DiT call: `(video_velocity, audio_velocity)` for the `"cond"` or `"uncond"` text (cache context)."""
         with self._cache_context(context):
@@ -209,9 +217,7 @@ class MagiHumanPipelineMixin:
                 "This pipeline has no `text_encoder`/`tokenizer`. Pass `prompt_embeds` (and `negative_prompt_embeds` "
                 "when guidance is on), or load the pipeline with `text_encoder=` and `tokenizer=` (T5-Gemma)."
             )
-        te_device = getattr(self.text_encoder, "device", device)
-        if te_device is None or str(te_device) == "meta":
-            te_device = device
+        te_device = self._input_device(self.text_encoder)
         embeds, masks = [], []
         for text in prompt:
             inputs = self.tokenizer([text], return_tensors="pt")
@@ -321,7 +327,7 @@ class MagiHumanPipelineMixin:
         images = image if isinstance(image, list) else [image]
         if len(images) not in (1, batch_size):
             raise ValueError(f"Got {len(images)} images for a batch of {batch_size}; give one image or one per video.")
-        vae_device = getattr(self.vae, "device", device)
+        vae_device = self._input_device(self.vae)
         latents = []
         for img in images:
             pixels = preprocess_image(img, height, width)  # [1, 3, H, W] float32 in [-1, 1]
@@ -357,11 +363,11 @@ class MagiHumanPipelineMixin:
         if decode_with == "turbo":
             turbo = self.turbo_vae
             # The Turbo-VAE denormalises internally, in float32 (spec §7.1).
-            video = turbo.decode(latents.to(device=turbo.device, dtype=turbo.dtype)).sample
+            video = turbo.decode(latents.to(device=self._input_device(turbo), dtype=turbo.dtype)).sample
         else:
             vae = self.vae
             # Wan2.2 path: denormalisation in the VAE dtype (bf16 upstream, spec §7.1/§7.3).
-            z = self.denormalize_latents(latents.to(device=vae.device, dtype=vae.dtype))
+            z = self.denormalize_latents(latents.to(device=self._input_device(vae), dtype=vae.dtype))
             video = vae.decode(z).sample
         return video.float().clamp(-1.0, 1.0)
 
@@ -374,7 +380,7 @@ class MagiHumanPipelineMixin:
                 "Decoding audio needs the Oobleck `audio_vae`; load the pipeline with `audio_vae=` or use "
                 "`output_type='latent'`."
             )
-        return decode_audio(self.audio_vae, audio_latents)
+        return decode_audio(self.audio_vae, audio_latents.to(self._input_device(self.audio_vae)))
 
     @staticmethod
     def postprocess_video(video: torch.Tensor, output_type: str):

@@ -148,7 +148,7 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline):
                 f"`video` frames are {video.shape[-2]}x{video.shape[-1]} but the base size was given as "
                 f"{height}x{width}; pass `base_height`/`base_width` matching the frames."
             )
-        vae_device = getattr(self.vae, "device", device)
+        vae_device = self._input_device(self.vae)
         posterior = self.vae.encode(video.to(device=vae_device, dtype=self.vae.dtype)).latent_dist
         mu = posterior.mode() if hasattr(posterior, "mode") else posterior.mean
         return self.normalize_latents(mu.to(self.vae.dtype)).to(device=device, dtype=torch.float32)
