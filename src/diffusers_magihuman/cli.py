@@ -90,6 +90,11 @@ def run_generate(args) -> int:
             pipe.audio_vae.to(device)
     else:
         pipe.to(device)
+    if args.attention_backend:
+        pipe.transformer.set_attention_backend(args.attention_backend)
+    if args.compile:
+        # Regional compile of the 40 repeated blocks: no graph breaks, no recompiles across steps (docs/performance.md).
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
     out = pipe(
         args.prompt,
         negative_prompt=args.negative_prompt,
@@ -132,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=None)
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--offload", choices=["none", "model", "sequential", "group"], default="none")
+    gen.add_argument("--compile", action="store_true", help="torch.compile the repeated DiT blocks (CUDA; ~20 s once)")
+    gen.add_argument("--attention-backend", default=None, help="diffusers attention backend, e.g. native, flex, flash")
     gen.add_argument("--output", default="out.mp4")
     gen.set_defaults(func=run_generate)
     return parser
