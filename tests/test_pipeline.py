@@ -272,3 +272,19 @@ def test_offload_modes_on_cuda_match_full_gpu(mode):
     torch.testing.assert_close(out.frames.cpu(), ref.frames.cpu(), rtol=1e-4, atol=1e-4)
     full = pipe(PROMPT, height=32, width=32, num_frames=5, num_inference_steps=1, generator=_gen())
     assert full.frames.shape == (1, 5, 32, 32, 3)
+
+
+def test_sr_from_decoded_frames_and_with_image(pipe):
+    """SR from the base stage's decoded frames (re-encoded with the Wan2.2 VAE), TI2V image re-encoded at SR size."""
+    base = pipe(PROMPT, height=32, width=32, num_frames=5, num_inference_steps=1, generator=_gen(), output_type="latent")
+    frames = pipe.postprocess_video(pipe.decode_latents(base.frames, "vae"), "np")  # (1, 5, 32, 32, 3) in [0, 1]
+    sr = MagiHumanSRPipeline.from_pipe(pipe, transformer=make_tiny_transformer(seed=1, coords_style="v1"))
+    sr.set_progress_bar_config(disable=True)
+    image = (np.random.RandomState(1).rand(48, 48, 3) * 255).astype(np.uint8)
+    out = sr(
+        PROMPT, video=frames, audio_latents=base.audio, image=image, height=64, width=64, num_inference_steps=1,
+        generator=_gen(), output_type="latent",
+    )  # fmt: skip
+    assert out.frames.shape == (1, 48, 2, 4, 4)
+    torch.testing.assert_close(out.frames[:, :, :1], sr.encode_image(image, 64, 64, 1, torch.device("cpu")))
+    torch.testing.assert_close(out.audio, base.audio)  # the base audio is returned

@@ -388,7 +388,7 @@ class MagiHumanPipelineMixin:
         frames = (video * 0.5 + 0.5).clamp(0.0, 1.0)  # spec §7.4 (uint8 conversion truncates later)
         if output_type == "pt":
             return frames.permute(0, 2, 1, 3, 4).contiguous()
-        array = frames.permute(0, 2, 3, 4, 1).cpu().numpy()
+        array = frames.permute(0, 2, 3, 4, 1).detach().cpu().numpy()
         if output_type == "np":
             return array
         # "pil": truncating uint8 cast like the original (spec §7.4, §9.19).
@@ -397,7 +397,7 @@ class MagiHumanPipelineMixin:
 
     @staticmethod
     def postprocess_audio(audio: torch.Tensor, output_type: str):
-        return audio if output_type == "pt" else audio.cpu().numpy()
+        return audio if output_type == "pt" else audio.detach().cpu().numpy()
 
     # ------------------------------------------------------------------ shared checks
     def _check_common(
