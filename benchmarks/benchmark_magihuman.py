@@ -346,14 +346,13 @@ def set_attention_backend(model, backend: str) -> None:
 
 def install_fa4() -> str | None:
     """Points diffusers' `flash_4_hub` backend at a locally installed FlashAttention-4 (flash_attn.cute)."""
+    from diffusers_magihuman._diffusers_compat import register_local_flash_attention_4
+
     try:
-        from flash_attn.cute import flash_attn_func
+        from flash_attn.cute import flash_attn_func  # noqa: F401
     except Exception as error:  # not installed: FA4 rows are skipped
         return short_error(error)
-    from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
-
-    _HUB_KERNELS_REGISTRY[AttentionBackendName.FLASH_4_HUB].kernel_fn = flash_attn_func
-    return None
+    return None if register_local_flash_attention_4() else "diffusers has no flash_4_hub registry entry"
 
 
 def build_turbo_vae(device, tiny: bool, dtype: torch.dtype):
