@@ -455,3 +455,23 @@ def test_pad_swiglu_in_place_is_exact_and_round_trips(tmp_path):
     with torch.no_grad():
         again = reloaded(video, audio, text, return_dict=False)
     torch.testing.assert_close(again[0], before[0], rtol=0, atol=0)
+
+
+
+def test_local_attention_flex_kernel_option_matches_per_frame():
+    """`local_attn_kernel="flex"` (one block-sparse flex call) computes the same single softmax as the default
+    per-frame kernel. On CPU both attend in fp32 from the same bf16 q/k/v, so they agree to fp32 rounding (1e-5)."""
+    from diffusers_magihuman.models.transformer_magihuman import MagiHumanAttnProcessor
+    from diffusers_magihuman.testing_utils import make_tiny_transformer
+
+    model = make_tiny_transformer(local_attn_layers=[0, 1], frame_receptive_field=1, coords_style="v1")
+    g = torch.Generator().manual_seed(0)
+    x, a, e = torch.randn(1, 48, 5, 4, 4, generator=g), torch.randn(1, 17, 64, generator=g), torch.randn(1, 9, 16, generator=g)
+    with torch.no_grad():
+        loop = model(x, a, e, return_dict=False)
+        model.set_attn_processor(MagiHumanAttnProcessor(local_attn_kernel="flex"))
+        flex = model(x, a, e, return_dict=False)
+    torch.testing.assert_close(flex[0], loop[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(flex[1], loop[1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="local_attn_kernel"):
+        MagiHumanAttnProcessor(local_attn_kernel="auto")
