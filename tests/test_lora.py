@@ -43,3 +43,30 @@ def test_lora_targets_experts_scales_and_round_trips(tmp_path):
     with torch.no_grad():
         again = fresh(x, a, e, return_dict=False)
     torch.testing.assert_close(again[0], lora[0], rtol=1e-5, atol=1e-5)
+
+
+def test_pipeline_lora_weights_load_scale_and_unload(tmp_path):
+    from peft.utils import get_peft_model_state_dict
+
+    from diffusers_magihuman import MagiHumanPipeline
+    from diffusers_magihuman.testing_utils import make_tiny_pipeline
+
+    trained = make_tiny_transformer()
+    trained.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_qkv", "to_out"]))
+    MagiHumanPipeline.save_lora_weights(tmp_path / "lora", transformer_lora_layers=get_peft_model_state_dict(trained))
+
+    pipe = make_tiny_pipeline()
+    kw = dict(prompt="A man waves.", height=32, width=32, num_frames=5, num_inference_steps=1, output_type="latent")
+
+    def run():
+        return pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
+
+    base = run()
+    pipe.load_lora_weights(tmp_path / "lora", adapter_name="wave")
+    assert pipe.get_active_adapters() == ["wave"]
+    with_lora = run()
+    assert (with_lora - base).abs().max() > 1e-3
+    pipe.set_adapters(["wave"], [0.0])
+    torch.testing.assert_close(run(), base, rtol=0, atol=0)
+    pipe.unload_lora_weights()
+    torch.testing.assert_close(run(), base, rtol=0, atol=0)

@@ -39,6 +39,7 @@ from ..constants import (
 from ..models.autoencoder_turbo_vaed import AutoencoderTurboVAED
 from ..models.transformer_magihuman import MagiHumanTransformer3DModel
 from ..schedulers.scheduling_magihuman import MagiHumanScheduler
+from .lora_magihuman import MagiHumanLoraLoaderMixin
 from .pipeline_magihuman_base import MagiHumanPipelineMixin, snap_size
 from .pipeline_output import MagiHumanPipelineOutput
 
@@ -62,7 +63,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline):
+class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLoraLoaderMixin):
     r"""
     daVinci-MagiHuman: one single-stream DiT denoises a video latent and a speech/audio latent together.
 

@@ -38,6 +38,7 @@ from ..constants import (
 from ..models.autoencoder_turbo_vaed import AutoencoderTurboVAED
 from ..models.transformer_magihuman import MagiHumanTransformer3DModel
 from ..schedulers.scheduling_magihuman import MagiHumanScheduler
+from .lora_magihuman import MagiHumanLoraLoaderMixin
 from .pipeline_magihuman_base import MagiHumanPipelineMixin, snap_size
 from .pipeline_output import MagiHumanPipelineOutput
 
@@ -78,7 +79,7 @@ def zero_snr_signal_coefficients(num_steps: int = 1000) -> torch.Tensor:
     return (q - qT) * (q0 / (q0 - qT))
 
 
-class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline):
+class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLoraLoaderMixin):
     r"""
     Latent super-resolution stage of daVinci-MagiHuman (540p and 1080p checkpoints).
 
