@@ -90,6 +90,7 @@ from safetensors.torch import load as load_safetensors_bytes
 
 from diffusers.utils import logging
 
+from diffusers_magihuman.constants import SR_1080P_GLOBAL_LAYERS
 from diffusers_magihuman.models.transformer_magihuman import (
     MODALITIES,
     MagiHumanTransformer3DModel,
@@ -102,8 +103,7 @@ logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 VARIANTS = ("base", "distill", "sr_540p", "sr_1080p")
 
 # `post_override_config` with `SR2_1080` set (spec §6): every layer but 3, 7, 11, ..., 31 is local.
-SR_1080P_LOCAL_ATTN_LAYERS = [0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, 16, 17, 18, 20, 21, 22, 24, 25, 26, 28, 29, 30]
-SR_1080P_LOCAL_ATTN_LAYERS += [32, 33, 34, 35, 36, 37, 38, 39]
+SR_1080P_LOCAL_ATTN_LAYERS = [i for i in range(40) if i not in SR_1080P_GLOBAL_LAYERS]
 
 _TOP_LEVEL_KEYS = {
     "adapter.video_embedder.weight": "video_embedder.weight",

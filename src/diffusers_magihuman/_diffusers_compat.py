@@ -44,18 +44,6 @@ def normalize_library_tuple(library_tuple):
     return library_tuple
 
 
-def normalize_pipeline_config(pipeline) -> None:
-    """Rewrite our component entries of a pipeline's ``model_index`` config to the top-level package name."""
-    updates = {}
-    for name, value in dict(pipeline.config).items():
-        new = normalize_library_tuple(value)
-        if new is not value and tuple(new) != tuple(value):
-            updates[name] = new
-    if updates:
-        # `register_to_config` is the public way pipelines record components.
-        pipeline.register_to_config(**updates)
-
-
 def register_with_diffusers() -> None:
     """Make diffusers' loaders find our classes (idempotent)."""
     global _registered

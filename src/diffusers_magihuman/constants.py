@@ -72,7 +72,6 @@ DEFAULT_AUDIO_GUIDANCE_SCALE = 5.0
 # Super-resolution stage (spec §6.6, §1.5).
 SR_NOISE_VALUE = 220
 SR_AUDIO_NOISE_SCALE = 0.7
-SR_GUIDANCE_SCALE = 3.5
 SR_CFG_TRICK_START_FRAME = 13
 SR_CFG_TRICK_VALUE = 2.0
 # Local attention of the 1080p SR model: every layer but these is local (spec dit.md §6).

@@ -41,7 +41,6 @@ from ..models.transformer_magihuman import MagiHumanTransformer3DModel
 from ..schedulers.scheduling_magihuman import MagiHumanScheduler
 from .lora_magihuman import MagiHumanLoraLoaderMixin
 from .pipeline_magihuman_base import MagiHumanPipelineMixin, snap_size
-from .pipeline_output import MagiHumanPipelineOutput
 
 
 logger = logging.get_logger(__name__)
@@ -511,14 +510,4 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
         self._current_timestep = None
 
         # 7. Decode
-        if output_type == "latent":
-            frames, audio_out = latents, audio_latents
-        else:
-            video = self.decode_latents(latents, decode_with)
-            frames = self.postprocess_video(video, output_type)
-            audio_out = self.postprocess_audio(self.decode_audio_latents(audio_latents), output_type)
-
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (frames, audio_out)
-        return MagiHumanPipelineOutput(frames=frames, audio=audio_out)
+        return self._finish(latents, audio_latents, output_type, decode_with, return_dict)

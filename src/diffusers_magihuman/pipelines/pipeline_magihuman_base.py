@@ -23,10 +23,10 @@ import PIL.Image
 import torch
 
 from diffusers.utils import logging
-from diffusers.utils.torch_utils import get_device
 
 from .._diffusers_compat import normalize_library_tuple
 from ..constants import DEFAULT_NEGATIVE_PROMPT, TEXT_MAX_SEQUENCE_LENGTH, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
+from .pipeline_output import MagiHumanPipelineOutput
 
 
 logger = logging.get_logger(__name__)
@@ -399,6 +399,18 @@ class MagiHumanPipelineMixin:
     def postprocess_audio(audio: torch.Tensor, output_type: str):
         return audio if output_type == "pt" else audio.detach().cpu().numpy()
 
+    def _finish(self, latents, audio_latents, output_type: str, decode_with: str, return_dict: bool):
+        """Decode (unless `output_type="latent"`), release offload hooks, and package the result."""
+        if output_type == "latent":
+            frames, audio = latents, audio_latents
+        else:
+            frames = self.postprocess_video(self.decode_latents(latents, decode_with), output_type)
+            audio = self.postprocess_audio(self.decode_audio_latents(audio_latents), output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames, audio)
+        return MagiHumanPipelineOutput(frames=frames, audio=audio)
+
     # ------------------------------------------------------------------ shared checks
     def _check_common(
         self,
@@ -436,12 +448,3 @@ class MagiHumanPipelineMixin:
                 f"Got {len(generator)} generators for an effective batch of {batch_size_hint}; give one generator "
                 "or one per video."
             )
-
-    @staticmethod
-    def _generator_device(generator) -> torch.device | None:
-        gen = generator[0] if isinstance(generator, list) else generator
-        return None if gen is None else gen.device
-
-    @staticmethod
-    def _default_device():
-        return get_device()

@@ -40,7 +40,6 @@ from ..models.transformer_magihuman import MagiHumanTransformer3DModel
 from ..schedulers.scheduling_magihuman import MagiHumanScheduler
 from .lora_magihuman import MagiHumanLoraLoaderMixin
 from .pipeline_magihuman_base import MagiHumanPipelineMixin, snap_size
-from .pipeline_output import MagiHumanPipelineOutput
 
 
 logger = logging.get_logger(__name__)
@@ -416,13 +415,4 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
         self._current_timestep = None
 
         # 6. Decode (the audio is the base stage's, spec §6.6 step 6)
-        if output_type == "latent":
-            frames, audio_out = latents, audio_latents
-        else:
-            frames = self.postprocess_video(self.decode_latents(latents, decode_with), output_type)
-            audio_out = self.postprocess_audio(self.decode_audio_latents(audio_latents), output_type)
-
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (frames, audio_out)
-        return MagiHumanPipelineOutput(frames=frames, audio=audio_out)
+        return self._finish(latents, audio_latents, output_type, decode_with, return_dict)
