@@ -474,4 +474,4 @@ def test_local_attention_flex_kernel_option_matches_per_frame():
     torch.testing.assert_close(flex[0], loop[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(flex[1], loop[1], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="local_attn_kernel"):
-        MagiHumanAttnProcessor(local_attn_kernel="auto")
+        MagiHumanAttnProcessor(local_attn_kernel="bogus")

@@ -18,7 +18,8 @@
         audio track. Random weights produce noise; the demo shows the whole path works.
 
     magihuman generate --model DIR --prompt "..." [--image IMG] [--audio WAV] [--seconds 4] [--height 256
-        --width 448] [--steps N] [--seed 42] [--offload {none,model,sequential,group}] --output out.mp4
+        --width 448] [--steps N] [--seed 42] [--offload {none,model,sequential,group}]
+        [--resident-blocks N] [--no-compile] --output out.mp4
         Runs a converted checkpoint folder (see conversion/convert_magihuman_to_diffusers.py).
 """
 
@@ -78,23 +79,33 @@ def run_generate(args) -> int:
     elif args.offload == "sequential":
         pipe.enable_sequential_cpu_offload()
     elif args.offload == "group":
-        pipe.enable_group_offload(
+        from diffusers.hooks import apply_group_offloading
+
+        offload = dict(
             onload_device=torch.device(device),
-            offload_device=torch.device("cpu"),
             offload_type="block_level",
             num_blocks_per_group=1,
             use_stream=device == "cuda",
-            exclude_modules=["audio_vae"],
+            record_stream=device == "cuda",
         )
+        for name, component in pipe.components.items():
+            if name == "audio_vae" or not isinstance(component, torch.nn.Module):
+                continue
+            if name == "transformer":  # keeps `--resident-blocks` layers on the GPU (docs/performance.md)
+                component.enable_group_offload(**offload, num_resident_blocks=args.resident_blocks)
+            elif hasattr(component, "enable_group_offload"):
+                component.enable_group_offload(**offload)
+            else:
+                apply_group_offloading(component, **offload)
         if pipe.audio_vae is not None:
             pipe.audio_vae.to(device)
     else:
         pipe.to(device)
     if args.attention_backend:
         pipe.transformer.set_attention_backend(args.attention_backend)
-    if args.compile:
-        # Regional compile of the 40 repeated blocks: no graph breaks, no recompiles across steps (docs/performance.md).
-        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    if args.no_compile:
+        # On CUDA the pipeline compiles the repeated DiT blocks on its first call (docs/performance.md).
+        pipe.enable_auto_compile(False)
     out = pipe(
         args.prompt,
         negative_prompt=args.negative_prompt,
@@ -137,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=None)
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--offload", choices=["none", "model", "sequential", "group"], default="none")
-    gen.add_argument("--compile", action="store_true", help="torch.compile the repeated DiT blocks (CUDA; ~20 s once)")
+    gen.add_argument(
+        "--resident-blocks", type=int, default=0, help="with --offload group: DiT layers kept on the GPU (0.71 GB each)"
+    )
+    gen.add_argument(
+        "--no-compile", action="store_true", help="run the DiT eagerly (on CUDA its blocks are compiled by default)"
+    )
     gen.add_argument("--attention-backend", default=None, help="diffusers attention backend, e.g. native, flex, flash")
     gen.add_argument("--output", default="out.mp4")
     gen.set_defaults(func=run_generate)

@@ -34,6 +34,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, apply_lora_scale, logging
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 
+from .attention_flash4 import flash_attention_4, flash_attention_4_supported, flash_attention_4_varlen
+
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
@@ -48,6 +50,8 @@ _MODALITY_PAD = 3  # padding rows of a batch with different lengths; they belong
 # Every block linear computes in bf16 and rounds its output to bf16, whatever the weight dtype (§3.7). The original
 # has no switch for this.
 _BLOCK_COMPUTE_DTYPE = torch.bfloat16
+
+_LOCAL_ATTN_KERNELS = ("auto", "varlen", "per_frame", "flex")
 
 # Attention backends that accept `enable_gqa=True` (K/V with fewer heads, query head h -> kv head h // group).
 # (`_native_efficient` is not one: torch's memory-efficient kernel rejects unequal head counts, seen on an H200.)
@@ -333,8 +337,58 @@ class MagiHumanTokenLayout:
             def local_mask_mod(batch_idx, head_idx, q_idx, kv_idx):
                 return self.local_attention_allowed(q_idx, kv_idx)
 
-            self._cache[cache_key] = create_block_mask(local_mask_mod, None, None, seq_len, seq_len, device=device)
+            # `_compile` evaluates the rule block by block; uncompiled, it materialises int64 index grids of
+            # seq_len**2 (~35 GB at 1080p).
+            self._cache[cache_key] = create_block_mask(
+                local_mask_mod, None, None, seq_len, seq_len, device=device, _compile=device.type == "cuda"
+            )
         return self._cache[cache_key]
+
+    def local_varlen_plan(self, batch_size: int, seq_len: int, device: torch.device) -> dict:
+        r"""
+        The local-attention rule of [`local_attention_allowed`] as one variable-length attention call over
+        `batch_size` unpadded samples of `seq_len` tokens, flattened to `batch_size * seq_len` rows (queries stay in
+        place). Sequence `(b, i)` is the queries of video frame `i` against the keys of its window `i - F .. i + F`
+        followed by the audio/text keys; a last sequence per sample is its audio/text queries against all its keys.
+        Keys are gathered once per layer with `kv_index`. Cached; the model builds it before the blocks run.
+
+        Returns:
+            `dict` with `kv_index` (int64 `(total_k,)`), `cu_seqlens_q`, `cu_seqlens_k` (int32), `max_seqlen_q`,
+            `max_seqlen_k` (`int`).
+        """
+        cache_key = ("varlen_local", batch_size, seq_len, str(device))
+        if cache_key in self._cache:
+            return self._cache[cache_key]
+        num_video, per_frame, window = self.num_video_tokens, self.tokens_per_frame, self.frame_receptive_field
+        num_frames = num_video // per_frame
+        rest = torch.arange(num_video, seq_len)
+        every = torch.arange(seq_len)
+        pieces, q_lens, k_lens = [], [], []
+        for b in range(batch_size):
+            offset = b * seq_len
+            for frame in range(num_frames):
+                start = max(frame - window, 0) * per_frame
+                end = min(frame + window + 1, num_frames) * per_frame
+                pieces += [torch.arange(start, end) + offset, rest + offset]
+                q_lens.append(per_frame)
+                k_lens.append(end - start + len(rest))
+            if seq_len > num_video:
+                pieces.append(every + offset)
+                q_lens.append(seq_len - num_video)
+                k_lens.append(seq_len)
+
+        def offsets(lengths):
+            return torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0).to(device=device, dtype=torch.int32)
+
+        plan = {
+            "kv_index": torch.cat(pieces).to(device),
+            "cu_seqlens_q": offsets(q_lens),
+            "cu_seqlens_k": offsets(k_lens),
+            "max_seqlen_q": max(q_lens),
+            "max_seqlen_k": max(k_lens),
+        }
+        self._cache[cache_key] = plan
+        return plan
 
     @classmethod
     def build(
@@ -550,27 +604,57 @@ class MagiHumanAttnProcessor:
             `"masked"`: one softmax over the union of the local ranges (see above). `"upstream_fallback"`: reproduce
             the original's non-Hopper fallback bit for bit (one fp32 attention per key range, each rounded to bf16,
             merged by log-sum-exp in fp32, §6). Meant for parity checks; it ignores the attention backend.
-        local_attn_kernel (`str`, defaults to `"per_frame"`):
-            How `"masked"` local layers run when the backend is not `flex`: `"per_frame"`, one backend call per query
-            frame over its window + audio/text keys; `"flex"`, one compiled block-sparse flex-attention call (the same
-            single softmax; unpadded samples only). Measured on an H200 at 1080p (5 s clip, full-size DiT), flex is
-            slower and needs far more memory: 9.15 s vs 8.08 s eager, 7.82 s vs 6.70 s compiled, 94 vs 60 GB peak
-            (`benchmarks/local_attention.py`), so the per-frame kernel is the default.
+        local_attn_kernel (`str`, defaults to `"auto"`):
+            How `"masked"` local layers run when the backend is not `flex`: `"varlen"`, one FlashAttention-4
+            variable-length call per layer (each query frame is one sequence against its gathered window + audio/text
+            keys; needs FA4); `"per_frame"`, one backend call per query frame over the same keys; `"flex"`, one
+            compiled block-sparse flex-attention call (the same single softmax; unpadded samples only). `"auto"`:
+            `"varlen"` where FA4 runs (see `use_flash_attention_4`), else `"per_frame"`. Measured on an H200 at 1080p
+            (5 s clip, full-size DiT), flex is slower than per-frame cuDNN (`benchmarks/local_attention.py`).
+        use_flash_attention_4 (`bool`, *optional*):
+            `None` (default): run attention with FlashAttention-4 (compile-traceable custom ops, see
+            `attention_flash4.py`) when it is installed, the tensors are on a Hopper/Blackwell GPU and no attention
+            backend was chosen (`set_attention_backend`, `attention_backend(...)`, context parallel); otherwise
+            diffusers' `dispatch_attention_fn` (default `native` SDPA, which runs cuDNN's flash kernel on Hopper).
+            `True`: always FA4 (raises if it is not installed); `False`: never.
     """
 
     _attention_backend = None
     _parallel_config = None
 
     def __init__(
-        self, upcast: bool | None = None, local_attn_mode: str = "masked", local_attn_kernel: str = "per_frame"
+        self,
+        upcast: bool | None = None,
+        local_attn_mode: str = "masked",
+        local_attn_kernel: str = "auto",
+        use_flash_attention_4: bool | None = None,
     ):
         if local_attn_mode not in ("masked", "upstream_fallback"):
             raise ValueError(f"`local_attn_mode` must be 'masked' or 'upstream_fallback', got {local_attn_mode!r}.")
-        if local_attn_kernel not in ("flex", "per_frame"):
-            raise ValueError(f"`local_attn_kernel` must be 'per_frame' or 'flex', got {local_attn_kernel!r}.")
+        if local_attn_kernel not in _LOCAL_ATTN_KERNELS:
+            raise ValueError(f"`local_attn_kernel` must be one of {_LOCAL_ATTN_KERNELS}, got {local_attn_kernel!r}.")
+        if local_attn_kernel == "varlen" and use_flash_attention_4 is False:
+            raise ValueError("`local_attn_kernel='varlen'` runs on FlashAttention-4; it needs `use_flash_attention_4`.")
         self.local_attn_kernel = local_attn_kernel
         self.upcast = upcast
         self.local_attn_mode = local_attn_mode
+        self.use_flash_attention_4 = use_flash_attention_4
+
+    def uses_flash_attention_4(self, device: torch.device) -> bool:
+        r"""Whether attention on `device` runs on the FlashAttention-4 custom ops (see `use_flash_attention_4`)."""
+        if self.use_flash_attention_4 is not None:
+            return self.use_flash_attention_4
+        if self._attention_backend is not None or self._parallel_config is not None or self.upcast:
+            return False
+        if _resolve_backend_name(None) != "native":  # a backend chosen globally (`attention_backend(...)`, env)
+            return False
+        return flash_attention_4_supported(device)
+
+    def local_kernel(self, device: torch.device) -> str:
+        r"""The kernel `"masked"` local layers use on `device`: `"varlen"`, `"per_frame"` or `"flex"`."""
+        if self.local_attn_kernel != "auto":
+            return self.local_attn_kernel
+        return "varlen" if self.uses_flash_attention_4(device) else "per_frame"
 
     def __call__(
         self,
@@ -638,10 +722,13 @@ class MagiHumanAttnProcessor:
         if window >= num_frames - 1:  # a window covering every frame is global attention
             return self._dispatch(query, key, value)
 
+        kernel = self.local_kernel(query.device)
+        if kernel == "varlen":
+            return self._varlen_local_attention(query, key, value, layout)
         backend = _resolve_backend_name(self._attention_backend)
-        if backend == "flex":
+        if backend == "flex" and not self.uses_flash_attention_4(query.device):
             return self._dispatch(query, key, value, attn_mask=self._local_block_mask(query, key, layout))
-        if self.local_attn_kernel == "flex" and not layout.has_padding:
+        if kernel == "flex" and not layout.has_padding:
             return _flex_local_attention(query, key, value, self._local_block_mask(query, key, layout))
 
         # One unmasked call per query frame: keys = the frames of its window + all audio and text tokens (§6).
@@ -662,7 +749,27 @@ class MagiHumanAttnProcessor:
             outputs.append(self._dispatch(query[:, num_video:], key, value))
         return torch.cat(outputs, dim=1)
 
+    def _varlen_local_attention(self, query, key, value, layout: MagiHumanTokenLayout) -> torch.Tensor:
+        # One FA4 varlen call: queries in place, each frame's keys (window + audio/text) gathered once (§6).
+        batch_size, seq_len = query.shape[:2]
+        plan = layout.local_varlen_plan(batch_size, seq_len, query.device)
+        key = key.flatten(0, 1).index_select(0, plan["kv_index"])
+        value = value.flatten(0, 1).index_select(0, plan["kv_index"])
+        out = flash_attention_4_varlen(
+            query.flatten(0, 1),
+            key,
+            value,
+            plan["cu_seqlens_q"],
+            plan["cu_seqlens_k"],
+            plan["max_seqlen_q"],
+            plan["max_seqlen_k"],
+            query.shape[-1] ** -0.5,
+        )
+        return out.unflatten(0, (batch_size, seq_len))
+
     def _dispatch(self, query, key, value, attn_mask=None) -> torch.Tensor:
+        if attn_mask is None and self.uses_flash_attention_4(query.device):
+            return flash_attention_4(query, key, value, query.shape[-1] ** -0.5)
         backend = _resolve_backend_name(self._attention_backend)
         heads, kv_heads = query.shape[2], key.shape[2]
         enable_gqa = False
@@ -1109,17 +1216,110 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
 
     # -- speed --------------------------------------------------------------------------------------------------------
 
+    def enable_group_offload(
+        self,
+        onload_device: torch.device,
+        offload_device: torch.device = torch.device("cpu"),
+        offload_type: str = "block_level",
+        num_blocks_per_group: int | None = None,
+        non_blocking: bool = False,
+        use_stream: bool = False,
+        record_stream: bool = False,
+        low_cpu_mem_usage=False,
+        offload_to_disk_path: str | None = None,
+        block_modules: str | None = None,
+        exclude_kwargs: str | None = None,
+        num_resident_blocks: int = 0,
+    ) -> None:
+        r"""
+        diffusers' group offloading ([`~hooks.group_offloading.apply_group_offloading`]), with one addition:
+        `num_resident_blocks` layers stay on `onload_device` and only the others are offloaded.
+
+        With `use_stream=True` the next offloaded block is copied while the blocks before it compute; keeping every
+        other block resident gives each copy the time of two blocks to hide in. Measured at 256p on an H200, a fully
+        offloaded forward is bound by the host-to-device copies (about 2.3x the full-GPU time); see
+        docs/performance.md for the resident counts that fit 24 GB and what they cost.
+
+        Args:
+            num_resident_blocks (`int`, defaults to 0):
+                How many of the transformer layers to keep on `onload_device`, spread evenly between the offloaded
+                ones (the first layer is always resident when any is). 0 offloads all of them, as diffusers does.
+                Needs `offload_type="block_level"`; each resident layer costs about 0.71 GB (bf16, full-size model).
+            Other arguments: see [`~ModelMixin.enable_group_offload`].
+        """
+        kwargs = dict(
+            onload_device=onload_device,
+            offload_device=offload_device,
+            offload_type=offload_type,
+            num_blocks_per_group=num_blocks_per_group,
+            non_blocking=non_blocking,
+            use_stream=use_stream,
+            record_stream=record_stream,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            offload_to_disk_path=offload_to_disk_path,
+            block_modules=block_modules,
+            exclude_kwargs=exclude_kwargs,
+        )
+        if not num_resident_blocks:
+            return super().enable_group_offload(**kwargs)
+        num_layers = len(self.blocks)
+        if offload_type != "block_level":
+            raise ValueError("`num_resident_blocks` needs `offload_type='block_level'`.")
+        if not 0 < num_resident_blocks < num_layers:
+            raise ValueError(
+                f"`num_resident_blocks` must be between 0 and {num_layers - 1} (the model has {num_layers} layers), "
+                f"got {num_resident_blocks}. Use `.to(onload_device)` to keep every layer on the device."
+            )
+        num_offloaded = num_layers - num_resident_blocks
+        offloaded = {(i + 1) * num_layers // (num_offloaded + 1) for i in range(num_offloaded)}
+        all_blocks = self.blocks
+        # diffusers groups the blocks of every ModuleList child; show it only the offloaded ones (same objects, so
+        # the hooks land on the real layers), then put the full list back and move the resident layers over.
+        self._modules["blocks"] = nn.ModuleList([block for i, block in enumerate(all_blocks) if i in offloaded])
+        try:
+            super().enable_group_offload(**kwargs)
+        finally:
+            self._modules["blocks"] = all_blocks
+        for i, block in enumerate(all_blocks):
+            if i not in offloaded:
+                block.to(onload_device)
+
+    def compile_repeated_blocks(self, *args, **kwargs):
+        r"""
+        Regional compile ([`~ModelMixin.compile_repeated_blocks`]): `torch.compile` each transformer layer, so the 40
+        layers share one graph per layer kind. Layers under group offloading are left eager (their offload hooks
+        cannot be traced, and they are bound by the weight copies anyway); resident layers are compiled.
+        """
+        offloaded = [_has_group_offload_hook(block) for block in self.blocks]
+        if not any(offloaded):
+            return super().compile_repeated_blocks(*args, **kwargs)
+        if all(offloaded):
+            logger.warning("Every layer is group-offloaded; nothing to compile (see `num_resident_blocks`).")
+        for block, is_offloaded in zip(self.blocks, offloaded):
+            if not is_offloaded:
+                block.compile(*args, **kwargs)
+
     @torch.no_grad()
-    def _needs_flex_local_mask(self) -> bool:
-        """Whether some local layer will run the flex kernel (see `MagiHumanAttnProcessor.local_attn_kernel`)."""
-        if self.config.frame_receptive_field < 0:
-            return False
+    def _prepare_local_attention(self, layout: MagiHumanTokenLayout, device: torch.device) -> None:
+        """Builds, before the (possibly compiled) blocks run, what the local layers' kernels read from `layout`: the
+        flex `BlockMask` or the FA4 varlen plan (see `MagiHumanAttnProcessor.local_attn_kernel`)."""
+        if self.config.frame_receptive_field < 0 or layout.frame_receptive_field >= layout.num_frames - 1:
+            return
         for block in self.blocks:
             processor = block.attn.processor
-            if block.attn.is_local and getattr(processor, "local_attn_mode", "masked") == "masked":
-                if getattr(processor, "local_attn_kernel", "per_frame") != "per_frame":
-                    return True
-        return False
+            if not block.attn.is_local or getattr(processor, "local_attn_mode", "masked") != "masked":
+                continue
+            kernel = processor.local_kernel(device) if hasattr(processor, "local_kernel") else "per_frame"
+            if kernel == "varlen":
+                if layout.has_padding:
+                    for length in sorted(set(layout.seq_lens)):
+                        layout.local_varlen_plan(1, length, device)
+                else:
+                    layout.local_varlen_plan(layout.batch_size, layout.seq_len, device)
+            elif device.type == "cuda" and not layout.has_padding:
+                flex_backend = _resolve_backend_name(getattr(processor, "_attention_backend", None)) == "flex"
+                if kernel == "flex" or flex_backend:
+                    layout.local_block_mask(layout.seq_len, device)
 
     def pad_swiglu_(self, multiple_of: int = 8) -> "MagiHumanTransformer3DModel":
         r"""
@@ -1275,8 +1475,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         layout = MagiHumanTokenLayout.build(
             audio_lengths, text_lengths, grid_size, config.frame_receptive_field, device
         )
-        if device.type == "cuda" and not layout.has_padding and self._needs_flex_local_mask():
-            layout.local_block_mask(layout.seq_len, device)  # built here, read by the (possibly compiled) blocks
+        self._prepare_local_attention(layout, device)  # built here, read by the (possibly compiled) blocks
 
         coords_kwargs = {
             "coords_style": config.coords_style,
@@ -1333,6 +1532,17 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         if not return_dict:
             return (sample, audio_sample)
         return MagiHumanTransformerOutput(sample=sample, audio_sample=audio_sample)
+
+
+def _has_group_offload_hook(module: nn.Module) -> bool:
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is None:
+        return False
+    try:
+        from diffusers.hooks.group_offloading import _GROUP_OFFLOADING
+    except ImportError:  # pragma: no cover - diffusers internals moved
+        _GROUP_OFFLOADING = "group_offloading"
+    return registry.get_hook(_GROUP_OFFLOADING) is not None
 
 
 def _register_block_with_diffusers_caches() -> None:

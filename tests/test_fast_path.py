@@ -1,0 +1,122 @@
+"""The default fast path (regional compile on CUDA) and the partly resident group offload, on CPU.
+
+Speed is measured by `benchmarks/`; these tests check the behaviour that makes it safe to turn on by default: which
+layers get compiled or offloaded, that outputs do not change, and that a compiled pipeline compiles each layer kind
+once and never again across steps or calls.
+"""
+
+import pytest
+import torch
+
+from diffusers_magihuman.testing_utils import make_tiny_pipeline, make_tiny_transformer
+
+
+PROMPT = "A woman says hello."
+
+
+def _inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 7, 16, generator=g)
+
+
+def _is_compiled(block):
+    return getattr(block, "_compiled_call_impl", None) is not None
+
+
+def _has_group_hook(block):
+    from diffusers_magihuman.models.transformer_magihuman import _has_group_offload_hook
+
+    return _has_group_offload_hook(block)
+
+
+@pytest.fixture(autouse=True)
+def _reset_dynamo():
+    yield
+    torch._dynamo.reset()
+
+
+def test_partly_resident_group_offload_keeps_outputs_and_compiles_only_resident_layers():
+    model = make_tiny_transformer(seed=1, num_layers=5)
+    x, a, e = _inputs()
+    with torch.no_grad():
+        ref = model(x, a, e, return_dict=False)
+    model.enable_group_offload(
+        onload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1, num_resident_blocks=2
+    )
+    hooked = [_has_group_hook(block) for block in model.blocks]
+    # 3 of 5 offloaded, spread out; the first layer stays resident.
+    assert hooked == [False, True, True, False, True] or (sum(hooked) == 3 and not hooked[0])
+    with torch.no_grad():
+        out = model(x, a, e, return_dict=False)
+    torch.testing.assert_close(out[0], ref[0], rtol=0, atol=0)
+
+    model.compile_repeated_blocks(fullgraph=True, backend="eager")
+    assert [_is_compiled(block) for block in model.blocks] == [not h for h in hooked]
+    with torch.no_grad():
+        out = model(x, a, e, return_dict=False)
+    torch.testing.assert_close(out[0], ref[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out[1], ref[1], rtol=1e-6, atol=1e-6)
+
+
+def test_partly_resident_group_offload_rejects_bad_arguments():
+    model = make_tiny_transformer(num_layers=3)
+    with pytest.raises(ValueError, match="between 0 and 2"):
+        model.enable_group_offload(onload_device=torch.device("cpu"), num_blocks_per_group=1, num_resident_blocks=3)
+    with pytest.raises(ValueError, match="block_level"):
+        model.enable_group_offload(onload_device=torch.device("cpu"), offload_type="leaf_level", num_resident_blocks=1)
+    assert not any(_has_group_hook(block) for block in model.blocks)  # nothing half-applied
+
+
+def test_auto_compile_only_on_cuda_and_only_once(monkeypatch):
+    from diffusers_magihuman.pipelines import pipeline_magihuman_base
+
+    monkeypatch.setattr(pipeline_magihuman_base, "_has_triton", lambda: False)
+    no_triton = make_tiny_pipeline(seed=0)
+    no_triton._maybe_auto_compile(torch.device("cuda"))  # inductor needs Triton on CUDA: stay eager, warn
+    assert not any(_is_compiled(b) for b in no_triton.transformer.blocks)
+
+    monkeypatch.setattr(pipeline_magihuman_base, "_has_triton", lambda: True)
+    pipe = make_tiny_pipeline(seed=0)
+    pipe._maybe_auto_compile(torch.device("cpu"))
+    assert not any(_is_compiled(b) for b in pipe.transformer.blocks)
+    pipe._maybe_auto_compile(torch.device("cuda"))  # compilation is lazy: nothing runs on a GPU here
+    assert all(_is_compiled(b) for b in pipe.transformer.blocks)
+    assert torch._dynamo.config.cache_size_limit >= 64
+    pipe.transformer._magihuman_compile_checked = False  # asked again: already compiled, so nothing changes
+    compiled = [b._compiled_call_impl for b in pipe.transformer.blocks]
+    pipe._maybe_auto_compile(torch.device("cuda"))
+    assert [b._compiled_call_impl for b in pipe.transformer.blocks] == compiled
+
+    off = make_tiny_pipeline(seed=0)
+    off.enable_auto_compile(False)
+    off._maybe_auto_compile(torch.device("cuda"))
+    assert not any(_is_compiled(b) for b in off.transformer.blocks)
+
+    monkeypatch.setenv("MAGIHUMAN_AUTO_COMPILE", "0")
+    env_off = make_tiny_pipeline(seed=0)
+    env_off._maybe_auto_compile(torch.device("cuda"))
+    assert not any(_is_compiled(b) for b in env_off.transformer.blocks)
+
+
+def test_compiled_pipeline_compiles_each_layer_kind_once_and_never_again():
+    """Base model with CFG: the cond and uncond passes have different text lengths. Compiled with a counting backend
+    (fullgraph, so a graph break would raise), a second call with more steps adds no graph, and the output equals the
+    eager one."""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    pipe = make_tiny_pipeline(seed=0, distilled=False, with_turbo_vae=False)
+    kw = dict(prompt=PROMPT, height=32, width=32, num_frames=5, output_type="latent")
+    ref = pipe(**kw, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).frames
+    pipe.enable_auto_compile(True, backend=counting_backend, fullgraph=True)
+    pipe._maybe_auto_compile(torch.device("cuda"))
+    out = pipe(**kw, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).frames
+    first = len(graphs)
+    kinds = {(b.attn.is_local, hasattr(b.attn, "to_qkv")) for b in pipe.transformer.blocks}
+    assert 0 < first <= 2 * len(kinds)  # at most one static + one dynamic graph per layer kind
+    pipe(**kw, num_inference_steps=3, generator=torch.Generator().manual_seed(1))
+    assert len(graphs) == first
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
