@@ -304,7 +304,7 @@ def dit_flops(model, shapes: dict, text_tokens: int) -> dict:
 def build_dit(variant: str, device, tiny: bool, pad: int | None, seed: int) -> MagiHumanTransformer3DModel:
     """Full-size (or tiny) DiT with random weights, built directly on `device` (bf16 block linears, fp32 islands)."""
     if tiny:
-        overrides = {}
+        overrides = {"coords_style": "v1"} if variant.startswith("sr") else {}
         if variant == "sr_1080p":
             overrides = {"local_attn_layers": [1], "frame_receptive_field": 1, "coords_style": "v1"}
         config = tiny_transformer_config(**overrides)
@@ -332,7 +332,8 @@ _GQA_FLAG_BACKENDS = frozenset(_tm._GQA_FLAG_BACKENDS)
 
 def set_attention_backend(model, backend: str) -> None:
     """
-    Sets the diffusers attention backend on every attention module (module-level: no hub download check).
+    Sets the diffusers attention backend on every attention module (module-level: no hub download check), or `fa4`
+    / `auto` (see below).
 
     `NAME+repeat` uses backend NAME with K/V heads repeated to 40 instead of `enable_gqa=True` (for kernels without
     native GQA support).
@@ -341,7 +342,13 @@ def set_attention_backend(model, backend: str) -> None:
     _tm._GQA_FLAG_BACKENDS = set(_GQA_FLAG_BACKENDS) - ({name} if option == "repeat" else set())
     for module in model.modules():
         if isinstance(module, MagiHumanAttention):
-            module.set_attention_backend(name)
+            if name in ("fa4", "auto"):
+                # "fa4": our FlashAttention-4 custom ops (compile-traceable; varlen local layers); "auto": the
+                # processor's default choice (FA4 when installed on this GPU, else native SDPA).
+                module.processor._attention_backend = None
+                module.processor.use_flash_attention_4 = True if name == "fa4" else None
+            else:
+                module.set_attention_backend(name)
 
 
 def install_fa4() -> str | None:
@@ -765,6 +772,62 @@ class Bench:
                 self.rec.add(**row)
             q = k = v = None  # free before the next size
             free_memory()
+            if resolution == "1080p":
+                self.local_layer_attention(shapes, heads, kv_heads, head_dim, dtype)
+
+    def local_layer_attention(self, shapes: dict, heads: int, kv_heads: int, head_dim: int, dtype) -> None:
+        """All the local attention of one SR-1080p layer (65,706 tokens): per-frame calls vs one FA4 varlen call."""
+        from diffusers_magihuman.models.transformer_magihuman import MagiHumanAttnProcessor, MagiHumanTokenLayout
+
+        window = 1 if self.tiny else full_transformer_config("sr_1080p")["frame_receptive_field"]
+        grid = (shapes["latent_frames"], shapes["latent_height"] // 2, shapes["latent_width"] // 2)
+        layout = MagiHumanTokenLayout.build([shapes["audio_frames"]], [self.args.text_tokens], grid, window, self.device)
+        seq = layout.seq_len
+        g = torch.Generator(device="cpu").manual_seed(0)
+        q = torch.randn(1, seq, heads, head_dim, generator=g).to(self.device, dtype)
+        k = torch.randn(1, seq, kv_heads, head_dim, generator=g).to(self.device, dtype)
+        v = torch.randn(1, seq, kv_heads, head_dim, generator=g).to(self.device, dtype)
+        allowed_pairs = 0
+        for frame in range(layout.num_frames):
+            lo, hi = max(frame - window, 0), min(frame + window + 1, layout.num_frames)
+            allowed_pairs += layout.tokens_per_frame * ((hi - lo) * layout.tokens_per_frame + seq - layout.num_video_tokens)
+        allowed_pairs += (seq - layout.num_video_tokens) * seq
+        tflop = 4 * allowed_pairs * heads * head_dim / 1e12
+        kernels = [("per_frame", False), ("per_frame", True), ("varlen", True)]
+        reference = None
+        for kernel, fa4 in kernels:
+            row = dict(
+                section="attention",
+                name=f"1080p local layer, {'one varlen call' if kernel == 'varlen' else 'per-frame calls'}",
+                resolution="1080p",
+                backend="fa4" if fa4 else "native",
+                kernel=kernel,
+                seq_len=seq,
+                tflop=tflop,
+            )
+            if fa4 and self.fa4_error is not None and not self.tiny:
+                self.rec.add(**row, skipped="FA4 not installed")
+                continue
+            try:
+                processor = MagiHumanAttnProcessor(local_attn_kernel=kernel, use_flash_attention_4=fa4)
+                if self.tiny and fa4:
+                    raise RuntimeError("FA4 rows need a GPU")
+
+                def call():
+                    return processor._attention_sample(q, k, v, layout, is_local=True)
+
+                with torch.inference_mode():
+                    out = call()
+                    stats = time_fn(call, self.device, 1, 5 if not self.tiny else 1)
+                if reference is None:
+                    reference = out.float()
+                row["rel_err_vs_first"] = rel_l2(out.float(), reference)
+                row.update(stats, **self.rate(tflop, stats["median_ms"]))
+            except Exception as error:
+                row.update(error=short_error(error))
+            self.rec.add(**row)
+        q = k = v = None
+        free_memory()
 
     # -- decoders -----------------------------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""SR-1080p local attention: the per-frame kernel vs one block-sparse flex-attention call, full-size random DiT.
+"""SR-1080p local attention kernels (per-frame SDPA or FA4, one FA4 varlen call, one flex call), full-size random DiT.
 
     python benchmarks/local_attention.py --output local_attention.json           # CUDA, >= 80 GB
     python benchmarks/local_attention.py --tiny                                  # code path check on a CPU
@@ -25,16 +25,19 @@ from diffusers_magihuman.models.transformer_magihuman import MagiHumanAttnProces
 
 
 def set_kernel(model, kernel: str) -> None:
+    """`per_frame` (SDPA, one call per query frame), `per_frame_fa4` (the same on FlashAttention-4), `varlen` (one
+    FA4 varlen call per layer) or `flex` (one block-sparse flex call per layer)."""
     for block in model.blocks:
         processor = block.attn.processor
-        processor.local_attn_kernel = kernel
+        processor.local_attn_kernel = "per_frame" if kernel == "per_frame_fa4" else kernel
+        processor.use_flash_attention_4 = kernel in ("per_frame_fa4", "varlen")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--modes", default="eager,compiled")
-    parser.add_argument("--kernels", default="per_frame,flex")
+    parser.add_argument("--kernels", default="per_frame,flex", help="also: per_frame_fa4, varlen (FA4)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)

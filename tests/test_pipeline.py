@@ -250,7 +250,7 @@ def test_package_registers_with_diffusers():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["model", "sequential", "group"])
+@pytest.mark.parametrize("mode", ["model", "sequential", "group", "group_resident"])
 def test_offload_modes_on_cuda_match_full_gpu(mode):
     ref_pipe = make_tiny_pipeline(seed=0).to("cuda")
     kw = dict(prompt=PROMPT, height=32, width=32, num_frames=5, num_inference_steps=2, output_type="latent")
@@ -260,13 +260,24 @@ def test_offload_modes_on_cuda_match_full_gpu(mode):
         pipe.enable_model_cpu_offload()
     elif mode == "sequential":
         pipe.enable_sequential_cpu_offload()
-    else:
+    elif mode == "group":
         pipe.enable_group_offload(
             onload_device=torch.device("cuda"),
             offload_type="block_level",
             num_blocks_per_group=1,
             use_stream=True,
             exclude_modules=["audio_vae", "tokenizer"],
+        )
+    else:  # the DiT partly resident (its resident layers get compiled), the rest on the GPU
+        pipe.to("cuda")
+        pipe.transformer.to("cpu")
+        pipe.transformer.enable_group_offload(
+            onload_device=torch.device("cuda"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=True,
+            record_stream=True,
+            num_resident_blocks=1,
         )
     out = pipe(**kw, generator=_gen())
     torch.testing.assert_close(out.frames.cpu(), ref.frames.cpu(), rtol=1e-4, atol=1e-4)
