@@ -48,6 +48,7 @@ def is_flash_attention_4_available() -> bool:
     return _flash_attn_cute() is not None
 
 
+@torch.compiler.assume_constant_result  # evaluated eagerly when traced: no import inside a compiled graph
 def flash_attention_4_supported(device: torch.device) -> bool:
     r"""FA4 is installed and `device` is a CUDA GPU it has kernels for (compute capability 9.x or 10+)."""
     if device.type != "cuda" or not is_flash_attention_4_available():
