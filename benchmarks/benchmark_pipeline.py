@@ -195,6 +195,7 @@ class Runner:
                     decode_s=full["wall_s"] - stage.get("wall_s", 0.0),
                 )
             del sr, sr_dit
+            torch._dynamo.reset()  # compiled graphs keep the SR model's blocks alive otherwise
             bm.free_memory()
             if args.offload_base_for_sr:
                 pipe.transformer.to(device)

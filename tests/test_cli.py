@@ -25,6 +25,11 @@ def test_generate_from_folder_and_bad_input(tmp_path, capsys):
     rc = main(["generate", "--model", str(folder), "--prompt", "A man waves.", "--seconds", "0.2", "--height", "32",
                "--width", "32", "--steps", "2", "--output", str(out)])  # fmt: skip
     assert rc == 0 and read_video_info(str(out)).num_frames == 5
+    out = tmp_path / "group.mp4"  # group offload with one resident DiT layer (CPU -> CPU here)
+    rc = main(["generate", "--model", str(folder), "--prompt", "A man waves.", "--seconds", "0.2", "--height", "32",
+               "--width", "32", "--steps", "2", "--offload", "group", "--resident-blocks", "1", "--no-compile",
+               "--output", str(out)])  # fmt: skip
+    assert rc == 0 and read_video_info(str(out)).num_frames == 5
     rc = main(["generate", "--model", str(folder), "--prompt", "  ", "--output", str(tmp_path / "x.mp4")])
     assert rc == 2 and "empty" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()

@@ -120,3 +120,39 @@ def test_compiled_pipeline_compiles_each_layer_kind_once_and_never_again():
     pipe(**kw, num_inference_steps=3, generator=torch.Generator().manual_seed(1))
     assert len(graphs) == first
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_pipeline_group_offload_with_resident_layers_matches_and_validates_first():
+    kw = dict(prompt=PROMPT, height=32, width=32, num_frames=5, num_inference_steps=2, output_type="latent")
+    ref = make_tiny_pipeline(seed=0)(**kw, generator=torch.Generator().manual_seed(0)).frames
+    pipe = make_tiny_pipeline(seed=0)
+    with pytest.raises(ValueError, match="between 0 and"):
+        pipe.enable_group_offload(onload_device=torch.device("cpu"), num_blocks_per_group=1, num_resident_blocks=99)
+    assert not any(_has_group_hook(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module))
+    with pytest.raises(ValueError, match="do not exclude"):
+        pipe.enable_group_offload(
+            onload_device=torch.device("cpu"), num_resident_blocks=1, exclude_modules=["transformer"]
+        )
+    pipe.enable_group_offload(
+        onload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        exclude_modules=["audio_vae"],
+        num_resident_blocks=1,
+    )
+    assert _has_group_hook(pipe.text_encoder) and _has_group_hook(pipe.vae) and not _has_group_hook(pipe.audio_vae)
+    assert not _has_group_hook(pipe.transformer.blocks[0]) and _has_group_hook(pipe.transformer.blocks[1])
+    out = pipe(**kw, generator=torch.Generator().manual_seed(0)).frames
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_auto_compile_skips_sequential_offload(monkeypatch):
+    """accelerate's sequential offload hooks the leaf modules inside the blocks; compiling would trace its hooks."""
+    from diffusers_magihuman.pipelines import pipeline_magihuman_base
+
+    monkeypatch.setattr(pipeline_magihuman_base, "_has_triton", lambda: True)
+    pipe = make_tiny_pipeline(seed=0)
+    leaf = next(m for m in pipe.transformer.blocks[0].modules() if isinstance(m, torch.nn.Linear))
+    leaf._hf_hook = object()  # what `enable_sequential_cpu_offload` leaves on every leaf
+    pipe._maybe_auto_compile(torch.device("cuda"))
+    assert not any(_is_compiled(b) for b in pipe.transformer.blocks)

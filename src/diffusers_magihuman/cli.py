@@ -79,24 +79,16 @@ def run_generate(args) -> int:
     elif args.offload == "sequential":
         pipe.enable_sequential_cpu_offload()
     elif args.offload == "group":
-        from diffusers.hooks import apply_group_offloading
-
-        offload = dict(
+        # `--resident-blocks` DiT layers stay on the GPU (docs/performance.md); the audio VAE stays there too.
+        pipe.enable_group_offload(
             onload_device=torch.device(device),
             offload_type="block_level",
             num_blocks_per_group=1,
             use_stream=device == "cuda",
             record_stream=device == "cuda",
+            exclude_modules=["audio_vae"],
+            num_resident_blocks=args.resident_blocks,
         )
-        for name, component in pipe.components.items():
-            if name == "audio_vae" or not isinstance(component, torch.nn.Module):
-                continue
-            if name == "transformer":  # keeps `--resident-blocks` layers on the GPU (docs/performance.md)
-                component.enable_group_offload(**offload, num_resident_blocks=args.resident_blocks)
-            elif hasattr(component, "enable_group_offload"):
-                component.enable_group_offload(**offload)
-            else:
-                apply_group_offloading(component, **offload)
         if pipe.audio_vae is not None:
             pipe.audio_vae.to(device)
     else:

@@ -1535,14 +1535,16 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
 
 
 def _has_group_offload_hook(module: nn.Module) -> bool:
-    registry = getattr(module, "_diffusers_hook", None)
-    if registry is None:
-        return False
+    """Whether diffusers' group offloading hooks `module` or one of its submodules (block or leaf level)."""
     try:
         from diffusers.hooks.group_offloading import _GROUP_OFFLOADING
     except ImportError:  # pragma: no cover - diffusers internals moved
         _GROUP_OFFLOADING = "group_offloading"
-    return registry.get_hook(_GROUP_OFFLOADING) is not None
+    for submodule in module.modules():
+        registry = getattr(submodule, "_diffusers_hook", None)
+        if registry is not None and registry.get_hook(_GROUP_OFFLOADING) is not None:
+            return True
+    return False
 
 
 def _register_block_with_diffusers_caches() -> None:
