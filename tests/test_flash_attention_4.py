@@ -157,3 +157,19 @@ def test_forcing_fa4_without_it_installed_says_what_to_do(monkeypatch):
     with pytest.raises(RuntimeError, match="flash4"):
         with torch.no_grad():
             model(*_inputs(frames=2))
+
+
+def test_fa4_is_inference_only_and_auto_falls_back_when_gradients_flow(fake_fa4, monkeypatch):
+    monkeypatch.setattr(tm, "flash_attention_4_supported", lambda device: True)  # "auto" picks FA4 even on CPU
+    model = make_tiny_transformer(local_attn_layers=[0], frame_receptive_field=1, coords_style="v1").train()
+    model.requires_grad_(True)
+    x, a, e = _inputs()
+    out = model(x, a, e, return_dict=False)
+    (out[0].square().mean() + out[1].square().mean()).backward()
+    assert fake_fa4 == [] and model.blocks[0].attn.to_out_video.weight.grad is not None  # SDPA took it
+    with torch.no_grad():
+        model(x, a, e, return_dict=False)
+    assert "varlen" in fake_fa4 and "dense" in fake_fa4  # inference: FA4
+    model.set_attn_processor(MagiHumanAttnProcessor(use_flash_attention_4=True))
+    with pytest.raises(RuntimeError, match="inference-only"):
+        model(x, a, e, return_dict=False)

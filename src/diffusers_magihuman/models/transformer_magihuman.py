@@ -650,6 +650,20 @@ class MagiHumanAttnProcessor:
             return False
         return flash_attention_4_supported(device)
 
+    def _fa4_for(self, query: torch.Tensor) -> bool:
+        # The FA4 ops have no backward: with gradients flowing (training, LoRA) "auto" falls back to
+        # `dispatch_attention_fn`, and a forced FA4 says so.
+        if not self.uses_flash_attention_4(query.device):
+            return False
+        if torch.is_grad_enabled() and query.requires_grad:
+            if self.use_flash_attention_4:
+                raise RuntimeError(
+                    "The FlashAttention-4 ops are inference-only (no backward). For training, use "
+                    "`MagiHumanAttnProcessor(use_flash_attention_4=None)` (automatic) or `False`."
+                )
+            return False
+        return True
+
     def local_kernel(self, device: torch.device) -> str:
         r"""The kernel `"masked"` local layers use on `device`: `"varlen"`, `"per_frame"` or `"flex"`."""
         if self.local_attn_kernel != "auto":
@@ -722,11 +736,19 @@ class MagiHumanAttnProcessor:
         if window >= num_frames - 1:  # a window covering every frame is global attention
             return self._dispatch(query, key, value)
 
-        kernel = self.local_kernel(query.device)
+        use_fa4 = self._fa4_for(query)
+        kernel = self.local_attn_kernel
+        if kernel == "auto":
+            kernel = "varlen" if use_fa4 else "per_frame"
         if kernel == "varlen":
+            if not use_fa4:
+                raise RuntimeError(
+                    "`local_attn_kernel='varlen'` runs on FlashAttention-4, which is not used here (not installed, "
+                    "not a Hopper/Blackwell GPU, another backend chosen, or gradients needed). Use 'auto'."
+                )
             return self._varlen_local_attention(query, key, value, layout)
         backend = _resolve_backend_name(self._attention_backend)
-        if backend == "flex" and not self.uses_flash_attention_4(query.device):
+        if backend == "flex" and not use_fa4:
             return self._dispatch(query, key, value, attn_mask=self._local_block_mask(query, key, layout))
         if kernel == "flex" and not layout.has_padding:
             return _flex_local_attention(query, key, value, self._local_block_mask(query, key, layout))
@@ -768,7 +790,7 @@ class MagiHumanAttnProcessor:
         return out.unflatten(0, (batch_size, seq_len))
 
     def _dispatch(self, query, key, value, attn_mask=None) -> torch.Tensor:
-        if attn_mask is None and self.uses_flash_attention_4(query.device):
+        if attn_mask is None and self._fa4_for(query):
             return flash_attention_4(query, key, value, query.shape[-1] ** -0.5)
         backend = _resolve_backend_name(self._attention_backend)
         heads, kv_heads = query.shape[2], key.shape[2]
