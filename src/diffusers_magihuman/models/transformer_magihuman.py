@@ -1238,21 +1238,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
 
     # -- speed --------------------------------------------------------------------------------------------------------
 
-    def enable_group_offload(
-        self,
-        onload_device: torch.device,
-        offload_device: torch.device = torch.device("cpu"),
-        offload_type: str = "block_level",
-        num_blocks_per_group: int | None = None,
-        non_blocking: bool = False,
-        use_stream: bool = False,
-        record_stream: bool = False,
-        low_cpu_mem_usage=False,
-        offload_to_disk_path: str | None = None,
-        block_modules: str | None = None,
-        exclude_kwargs: str | None = None,
-        num_resident_blocks: int = 0,
-    ) -> None:
+    def enable_group_offload(self, onload_device: torch.device, *args, num_resident_blocks: int = 0, **kwargs) -> None:
         r"""
         diffusers' group offloading ([`~hooks.group_offloading.apply_group_offloading`]), with one addition:
         `num_resident_blocks` layers stay on `onload_device` and only the others are offloaded.
@@ -1267,25 +1253,15 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
                 How many of the transformer layers to keep on `onload_device`, spread evenly between the offloaded
                 ones (the first layer is always resident when any is). 0 offloads all of them, as diffusers does.
                 Needs `offload_type="block_level"`; each resident layer costs about 0.71 GB (bf16, full-size model).
-            Other arguments: see [`~ModelMixin.enable_group_offload`].
+            onload_device, args, kwargs: as for [`~ModelMixin.enable_group_offload`].
         """
-        kwargs = dict(
-            onload_device=onload_device,
-            offload_device=offload_device,
-            offload_type=offload_type,
-            num_blocks_per_group=num_blocks_per_group,
-            non_blocking=non_blocking,
-            use_stream=use_stream,
-            record_stream=record_stream,
-            low_cpu_mem_usage=low_cpu_mem_usage,
-            offload_to_disk_path=offload_to_disk_path,
-            block_modules=block_modules,
-            exclude_kwargs=exclude_kwargs,
-        )
         if not num_resident_blocks:
-            return super().enable_group_offload(**kwargs)
+            return super().enable_group_offload(onload_device, *args, **kwargs)
+        if args:
+            raise TypeError("With `num_resident_blocks`, pass the other group-offload options by keyword.")
+        offload_type = kwargs.get("offload_type", "block_level")
         num_layers = len(self.blocks)
-        if offload_type != "block_level":
+        if getattr(offload_type, "value", offload_type) != "block_level":
             raise ValueError("`num_resident_blocks` needs `offload_type='block_level'`.")
         if not 0 < num_resident_blocks < num_layers:
             raise ValueError(
@@ -1299,7 +1275,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         # the hooks land on the real layers), then put the full list back and move the resident layers over.
         self._modules["blocks"] = nn.ModuleList([block for i, block in enumerate(all_blocks) if i in offloaded])
         try:
-            super().enable_group_offload(**kwargs)
+            super().enable_group_offload(onload_device, **kwargs)
         finally:
             self._modules["blocks"] = all_blocks
         for i, block in enumerate(all_blocks):

@@ -112,18 +112,7 @@ class MagiHumanPipelineMixin:
 
     # ------------------------------------------------------------------ group offload with resident DiT layers
     def enable_group_offload(
-        self,
-        onload_device: torch.device,
-        offload_device: torch.device = torch.device("cpu"),
-        offload_type: str = "block_level",
-        num_blocks_per_group: int | None = None,
-        non_blocking: bool = False,
-        use_stream: bool = False,
-        record_stream: bool = False,
-        low_cpu_mem_usage=False,
-        offload_to_disk_path: str | None = None,
-        exclude_modules: str | list[str] | None = None,
-        num_resident_blocks: int = 0,
+        self, onload_device: torch.device, *args, exclude_modules=None, num_resident_blocks: int = 0, **kwargs
     ) -> None:
         r"""
         diffusers' [`~DiffusionPipeline.enable_group_offload`] for every component, plus `num_resident_blocks`: that
@@ -131,19 +120,10 @@ class MagiHumanPipelineMixin:
         resident layers and `use_stream=True` the distilled 256p stage fits a 24 GB card at under 2x the full-GPU time
         (docs/performance.md). Excluded components are moved to `onload_device`, as in diffusers.
         """
-        kwargs = dict(
-            onload_device=onload_device,
-            offload_device=offload_device,
-            offload_type=offload_type,
-            num_blocks_per_group=num_blocks_per_group,
-            non_blocking=non_blocking,
-            use_stream=use_stream,
-            record_stream=record_stream,
-            low_cpu_mem_usage=low_cpu_mem_usage,
-            offload_to_disk_path=offload_to_disk_path,
-        )
         if not num_resident_blocks:
-            return super().enable_group_offload(**kwargs, exclude_modules=exclude_modules)
+            return super().enable_group_offload(onload_device, *args, exclude_modules=exclude_modules, **kwargs)
+        if args:
+            raise TypeError("With `num_resident_blocks`, pass the other group-offload options by keyword.")
         from diffusers.hooks import apply_group_offloading
 
         exclude = [exclude_modules] if isinstance(exclude_modules, str) else list(exclude_modules or [])
@@ -151,16 +131,16 @@ class MagiHumanPipelineMixin:
             raise ValueError("`num_resident_blocks` applies to the transformer; do not exclude it.")
         modules = {n: c for n, c in self.components.items() if isinstance(c, torch.nn.Module)}
         # The transformer first: it validates `num_resident_blocks` before anything else is touched.
-        self.transformer.enable_group_offload(**kwargs, num_resident_blocks=num_resident_blocks)
+        self.transformer.enable_group_offload(onload_device, num_resident_blocks=num_resident_blocks, **kwargs)
         for name, component in modules.items():
             if name == "transformer":
                 continue
             if name in exclude:
                 component.to(onload_device)
             elif hasattr(component, "enable_group_offload"):
-                component.enable_group_offload(**kwargs)
+                component.enable_group_offload(onload_device, **kwargs)
             else:
-                apply_group_offloading(component, **kwargs)
+                apply_group_offloading(component, onload_device, **kwargs)
 
     # ------------------------------------------------------------------ fast path: regional compile on CUDA
     _auto_compile = True
