@@ -79,7 +79,7 @@ def run_generate(args) -> int:
     elif args.offload == "sequential":
         pipe.enable_sequential_cpu_offload()
     elif args.offload == "group":
-        # `--resident-blocks` DiT layers stay on the GPU (docs/performance.md); the audio VAE stays there too.
+        # `--resident-blocks` DiT layers stay on the GPU (docs/performance.md); the excluded audio VAE moves there.
         pipe.enable_group_offload(
             onload_device=torch.device(device),
             offload_type="block_level",
@@ -89,8 +89,6 @@ def run_generate(args) -> int:
             exclude_modules=["audio_vae"],
             num_resident_blocks=args.resident_blocks,
         )
-        if pipe.audio_vae is not None:
-            pipe.audio_vae.to(device)
     else:
         pipe.to(device)
     if args.attention_backend:

@@ -48,13 +48,18 @@ def is_flash_attention_4_available() -> bool:
     return _flash_attn_cute() is not None
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
 @torch.compiler.assume_constant_result  # evaluated eagerly when traced: no import inside a compiled graph
 def flash_attention_4_supported(device: torch.device) -> bool:
-    r"""FA4 is installed and `device` is a CUDA GPU it has kernels for (compute capability 9.x or 10+)."""
+    r"""FA4 is installed and `device` is a CUDA GPU it has kernels for (compute capability 9.x or 10+). Asked once per
+    attention call, so both answers are cached."""
     if device.type != "cuda" or not is_flash_attention_4_available():
         return False
-    major, _ = torch.cuda.get_device_capability(device)
-    return major >= 9
+    return _cuda_major(torch.cuda.current_device() if device.index is None else device.index) >= 9
 
 
 def _kernels():

@@ -664,11 +664,14 @@ class MagiHumanAttnProcessor:
             return False
         return True
 
-    def local_kernel(self, device: torch.device) -> str:
-        r"""The kernel `"masked"` local layers use on `device`: `"varlen"`, `"per_frame"` or `"flex"`."""
+    def local_kernel(self, device: torch.device, use_fa4: bool | None = None) -> str:
+        r"""The kernel `"masked"` local layers use on `device`: `"varlen"`, `"per_frame"` or `"flex"` (`use_fa4`:
+        whether FA4 runs, if already known)."""
         if self.local_attn_kernel != "auto":
             return self.local_attn_kernel
-        return "varlen" if self.uses_flash_attention_4(device) else "per_frame"
+        if use_fa4 is None:
+            use_fa4 = self.uses_flash_attention_4(device)
+        return "varlen" if use_fa4 else "per_frame"
 
     def __call__(
         self,
@@ -737,9 +740,7 @@ class MagiHumanAttnProcessor:
             return self._dispatch(query, key, value)
 
         use_fa4 = self._fa4_for(query)
-        kernel = self.local_attn_kernel
-        if kernel == "auto":
-            kernel = "varlen" if use_fa4 else "per_frame"
+        kernel = self.local_kernel(query.device, use_fa4)
         if kernel == "varlen":
             if not use_fa4:
                 raise RuntimeError(

@@ -33,6 +33,7 @@ from .pipeline_output import MagiHumanPipelineOutput
 logger = logging.get_logger(__name__)
 
 _OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+_DECODERS = ("auto", "turbo", "vae")
 
 
 def _has_triton() -> bool:
@@ -41,7 +42,6 @@ def _has_triton() -> bool:
     except ImportError:  # pragma: no cover - private helper moved
         return True
     return has_triton()
-_DECODERS = ("auto", "turbo", "vae")
 
 
 def snap_size(height: int, width: int, name: str = "") -> tuple[int, int]:
