@@ -34,6 +34,8 @@ from diffusers.utils.torch_utils import randn_tensor
 logger = logging.get_logger(__name__)
 
 _SAMPLERS = ("unipc", "dmd")
+# A hard ceiling on `num_inference_steps` for shifts where the first-timestep rule never binds (e.g. shift <= 1).
+_STEPS_CAP = 100_000
 
 
 def _init_defaults(cls) -> dict:
@@ -252,7 +254,12 @@ class MagiHumanScheduler(UniPCMultistepScheduler):
     def config(self) -> FrozenDict:
         """The registered config plus the derived stock flow keys (`prediction_type`, `use_flow_sigmas`, `flow_shift`,
         `final_sigmas_type`, `stochastic_sampling`); only the registered fields are saved by `save_config`."""
-        return _MagiHumanConfig({**self._internal_dict, **self._flow_keys()})
+        config = {**self._internal_dict, **self._flow_keys()}
+        if "shift" in config.get("_use_default_values", ()):
+            # diffusers does not hand a source's *default* values to another class, but our default shift (5.0) is this
+            # model's, not a neutral one: FlowMatchEuler (default shift 1.0) must receive it.
+            config["_use_default_values"] = [k for k in config["_use_default_values"] if k != "shift"]
+        return _MagiHumanConfig(config)
 
     def register_to_config(self, **kwargs) -> None:
         # Keys of the stock flow schedulers that are not ours are derived from our fields (see `config`) or refused in
@@ -274,7 +281,6 @@ class MagiHumanScheduler(UniPCMultistepScheduler):
         used_defaults = set(config_dict.get("_use_default_values", []))
         given = {k: v for k, v in config_dict.items() if k not in used_defaults}
         source = config_dict.get("_class_name")
-        source_keys = _init_keys_of(source) if isinstance(source, str) and source != cls.__name__ else None
 
         for key, (accepted, why) in _REFUSED_OPTIONS.items():
             value = kwargs[key] if key in kwargs else given.get(key, accepted)
@@ -296,19 +302,13 @@ class MagiHumanScheduler(UniPCMultistepScheduler):
                 return kwargs[own_key]
             if stock_key in kwargs:
                 return to_own(kwargs[stock_key])
-            if own_key in given and stock_key in given and to_own(given[stock_key]) != given[own_key]:
-                if source_keys is None:
-                    raise ValueError(
-                        f"The config has conflicting `{own_key}={given[own_key]!r}` and "
-                        f"`{stock_key}={given[stock_key]!r}`; keep one of them."
-                    )
-                # A stock class's config that also carries our key as a hidden entry (diffusers keeps the keys of
-                # compatible classes): the stock class's own setting is what it sampled with.
-                return to_own(given[stock_key]) if stock_key in source_keys else given[own_key]
-            if own_key in given:
-                return given[own_key]
+            # A config never holds two different values legitimately: ours always derives the stock key from our field
+            # and never saves it. A difference means a stock scheduler's config that carries our field as a hidden
+            # entry (diffusers keeps the keys of compatible classes), and the stock setting is what it sampled with.
             if stock_key in given:
                 return to_own(given[stock_key])
+            if own_key in given:
+                return given[own_key]
             return inspect.Parameter.empty
 
         shift = resolve("shift", "flow_shift", lambda v: v)
@@ -330,7 +330,8 @@ class MagiHumanScheduler(UniPCMultistepScheduler):
     # ------------------------------------------------------------------------------------------------ schedule
     @property
     def max_num_inference_steps(self) -> int:
-        """The largest `num_inference_steps` whose first timestep is unique (250 at shift 5, 1000 training steps).
+        """The largest `num_inference_steps` whose first timestep is unique (250 at shift 5, 1000 training steps), at
+        most 100000.
 
         Above it the first two timesteps both truncate to the same integer (e.g. 999) and the step-index rule (second
         match) would silently skip the first step, as the original does; `set_timesteps` refuses such schedules.
@@ -523,16 +524,6 @@ class MagiHumanScheduler(UniPCMultistepScheduler):
         return SchedulerOutput(prev_sample=prev_sample)
 
 
-def _init_keys_of(class_name: str) -> set[str] | None:
-    """Constructor argument names of a diffusers scheduler class named in a config's `_class_name`, if known."""
-    import diffusers
-
-    cls = getattr(diffusers, class_name, None)
-    if cls is None or not isinstance(cls, type):
-        return None
-    return set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
-
-
 @functools.lru_cache(maxsize=64)
 def _max_num_inference_steps(shift: float, num_train_timesteps: int) -> int:
     """Largest N whose default grid has a unique first timestep (the duplicate test is monotone in N)."""
@@ -548,11 +539,9 @@ def _max_num_inference_steps(shift: float, num_train_timesteps: int) -> int:
         t = (sig * num_train_timesteps).astype(np.int64)
         return bool(t[0] == t[1])
 
-    lo, hi = 1, 2
-    while not first_two_equal(hi):
-        lo, hi = hi, hi * 2
-        if hi > 1 << 24:
-            return hi
+    if not first_two_equal(_STEPS_CAP + 1):
+        return _STEPS_CAP
+    lo, hi = 1, _STEPS_CAP + 1
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if first_two_equal(mid):
