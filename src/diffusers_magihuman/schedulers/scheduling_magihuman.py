@@ -255,10 +255,11 @@ class MagiHumanScheduler(UniPCMultistepScheduler):
         """The registered config plus the derived stock flow keys (`prediction_type`, `use_flow_sigmas`, `flow_shift`,
         `final_sigmas_type`, `stochastic_sampling`); only the registered fields are saved by `save_config`."""
         config = {**self._internal_dict, **self._flow_keys()}
-        if "shift" in config.get("_use_default_values", ()):
+        if "_use_default_values" in config:
             # diffusers does not hand a source's *default* values to another class, but our default shift (5.0) is this
-            # model's, not a neutral one: FlowMatchEuler (default shift 1.0) must receive it.
-            config["_use_default_values"] = [k for k in config["_use_default_values"] if k != "shift"]
+            # model's, not a neutral one: FlowMatchEuler (default shift 1.0) must receive it. Sorted, so that equal
+            # configs compare equal (diffusers builds this list from a set).
+            config["_use_default_values"] = sorted(k for k in config["_use_default_values"] if k != "shift")
         return _MagiHumanConfig(config)
 
     def register_to_config(self, **kwargs) -> None:
@@ -311,15 +312,21 @@ class MagiHumanScheduler(UniPCMultistepScheduler):
                 return given[own_key]
             return inspect.Parameter.empty
 
-        shift = resolve("shift", "flow_shift", lambda v: v)
-        sampler = resolve("sampler", "stochastic_sampling", lambda v: "dmd" if v else "unipc")
+        resolved = {
+            "shift": resolve("shift", "flow_shift", lambda v: v),
+            "sampler": resolve("sampler", "stochastic_sampling", lambda v: "dmd" if v else "unipc"),
+        }
         for key in ("flow_shift", "stochastic_sampling", *_REFUSED_OPTIONS):
             kwargs.pop(key, None)
             config_dict.pop(key, None)
-        if shift is not inspect.Parameter.empty:
-            kwargs["shift"] = shift
-        if sampler is not inspect.Parameter.empty:
-            kwargs["sampler"] = sampler
+        defaults = inspect.signature(cls.__init__).parameters
+        for key, value in resolved.items():
+            # A value equal to our default that the source did not set itself stays a default (diffusers records which
+            # fields were defaults in `_use_default_values`; a stock key such as `stochastic_sampling=False` must not
+            # turn `sampler` into an explicitly set field).
+            if value is inspect.Parameter.empty or (key not in kwargs and key not in given and value == defaults[key].default):
+                continue
+            kwargs[key] = value
         return super().extract_init_dict(config_dict, **kwargs)
 
     @property
