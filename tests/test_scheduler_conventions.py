@@ -256,6 +256,8 @@ def test_step_rejects_mismatched_shapes():
     s.set_timesteps(4)
     with pytest.raises(ValueError, match="model_output"):
         s.step(torch.zeros(2, 3), s.timesteps[0], torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="batched"):
+        s.step(torch.zeros(4), s.timesteps[0], torch.zeros(4))
 
 
 def test_scale_model_input_add_noise_and_init_noise_sigma():

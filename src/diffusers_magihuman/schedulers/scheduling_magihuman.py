@@ -254,13 +254,21 @@ class MagiHumanScheduler(UniPCMultistepScheduler):
     def config(self) -> FrozenDict:
         """The registered config plus the derived stock flow keys (`prediction_type`, `use_flow_sigmas`, `flow_shift`,
         `final_sigmas_type`, `stochastic_sampling`); only the registered fields are saved by `save_config`."""
-        config = {**self._internal_dict, **self._flow_keys()}
+        internal = self._internal_dict
+        cached = self.__dict__.get("_config_cache")
+        # The inherited UniPC code reads `self.config` ~20 times a step: rebuild only when the registered dict changed
+        # (a new object from `register_to_config`, or keys added in place by `to_json_string`).
+        if cached is not None and cached[0] is internal and cached[1] == len(internal):
+            return cached[2]
+        config = {**internal, **self._flow_keys()}
         if "_use_default_values" in config:
             # diffusers does not hand a source's *default* values to another class, but our default shift (5.0) is this
             # model's, not a neutral one: FlowMatchEuler (default shift 1.0) must receive it. Sorted, so that equal
             # configs compare equal (diffusers builds this list from a set).
             config["_use_default_values"] = sorted(k for k in config["_use_default_values"] if k != "shift")
-        return _MagiHumanConfig(config)
+        config = _MagiHumanConfig(config)
+        self.__dict__["_config_cache"] = (internal, len(internal), config)
+        return config
 
     def register_to_config(self, **kwargs) -> None:
         # Keys of the stock flow schedulers that are not ours are derived from our fields (see `config`) or refused in
@@ -500,6 +508,9 @@ class MagiHumanScheduler(UniPCMultistepScheduler):
             raise ValueError(
                 f"All {self.num_inference_steps} steps have been taken; call `set_timesteps` again to sample anew."
             )
+        if sample.ndim < 2:
+            # The stock UniPC update contracts over a batch dimension and fails on unbatched samples with an einsum error.
+            raise ValueError(f"`sample` must be batched, `(batch, ...)`, got shape {tuple(sample.shape)}.")
         if model_output.shape != sample.shape:
             raise ValueError(
                 f"`model_output` {tuple(model_output.shape)} must have the shape of `sample` {tuple(sample.shape)}."
