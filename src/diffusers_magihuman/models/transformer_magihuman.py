@@ -47,9 +47,6 @@ MODALITY_TEXT = 2
 MODALITIES = ("video", "audio", "text")
 _MODALITY_PAD = 3  # padding rows of a batch with different lengths; they belong to no expert
 
-# Every block linear computes in bf16 and rounds its output to bf16, whatever the weight dtype (§3.7). The original
-# has no switch for this.
-_BLOCK_COMPUTE_DTYPE = torch.bfloat16
 
 _LOCAL_ATTN_KERNELS = ("auto", "varlen", "per_frame", "flex")
 
@@ -96,33 +93,55 @@ def _is_plain_linear(module: nn.Module) -> bool:
     return type(module) is nn.Linear and not hasattr(module, "_hf_hook") and not hasattr(module, "_diffusers_hook")
 
 
-def bf16_compute_linear(module: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+def linear_compute_dtype(module: nn.Module) -> torch.dtype | None:
     r"""
-    Applies a block linear the way the original does (§3.7): input and weight in bf16, fp32 accumulation inside the
-    kernel, **bf16 result**.
+    The dtype a block linear computes in: the compute dtype of a layerwise-casting hook, else that of the wrapped
+    layer (PEFT's `base_layer`), else the floating dtype of its weight (a `compute_dtype` attribute for quantized
+    layers such as GGUF's). `None` when unknown (e.g. 4-bit storage): the input is then passed unchanged.
+    """
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is not None:
+        hook = registry.get_hook("layerwise_casting")
+        if hook is not None:
+            return hook.compute_dtype
+    base_layer = getattr(module, "base_layer", None)
+    if isinstance(base_layer, nn.Module):
+        return linear_compute_dtype(base_layer)
+    compute_dtype = getattr(module, "compute_dtype", None)
+    if isinstance(compute_dtype, torch.dtype):
+        return compute_dtype
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point and weight.dtype.itemsize >= 2:
+        return weight.dtype
+    return None
 
-    Weights stored in another dtype (e.g. a model loaded with `dtype=torch.float32`) are cast to bf16 on every call, as
-    upstream does, so the numerics do not depend on the storage dtype. Wrapped modules (PEFT LoRA layers, quantized
-    linears, layerwise-casting hooks) are called as modules on the bf16 input.
+
+def apply_linear(module: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    r"""
+    Calls a block linear in the dtype of its weights (see [`linear_compute_dtype`]): the input is cast to it and the
+    result stays in it. With bf16 weights this is the original's arithmetic (bf16 inputs and weights, fp32 accumulation
+    inside the kernel, bf16 result); fp32 / fp16 weights, layerwise casting and adapters compute in their own dtype.
 
     Args:
-        module (`nn.Module`): an `nn.Linear` (or a drop-in replacement).
+        module (`nn.Module`): an `nn.Linear` or a drop-in replacement (PEFT, quantized, hooked).
         hidden_states (`torch.Tensor` of shape `(..., in_features)`): any floating dtype.
 
     Returns:
-        `torch.Tensor` of shape `(..., out_features)` in bf16.
+        `torch.Tensor` of shape `(..., out_features)` in the compute dtype.
     """
-    hidden_states = hidden_states.to(_BLOCK_COMPUTE_DTYPE)
-    weight = getattr(module, "weight", None)
-    if (
-        weight is not None
-        and weight.dtype != _BLOCK_COMPUTE_DTYPE
-        and weight.dtype.is_floating_point
-        and _is_plain_linear(module)
-    ):
-        bias = None if module.bias is None else module.bias.to(_BLOCK_COMPUTE_DTYPE)
-        return F.linear(hidden_states, weight.to(_BLOCK_COMPUTE_DTYPE), bias)
-    return module(hidden_states).to(_BLOCK_COMPUTE_DTYPE)
+    dtype = linear_compute_dtype(module)
+    if dtype is not None:
+        hidden_states = hidden_states.to(dtype)
+    return module(hidden_states)
+
+
+def experts_compute_dtype(owner: nn.Module, name: str, default: torch.dtype) -> torch.dtype:
+    r"""Compute dtype of the linear `owner.<name>` (the video expert in modality-expert layers), or `default`."""
+    module = experts_of(owner, name)
+    if not isinstance(module, nn.Module):
+        module = module[0]
+    dtype = linear_compute_dtype(module)
+    return default if dtype is None else dtype
 
 
 def gelu7(hidden_states: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
@@ -496,9 +515,7 @@ def experts_of(owner: nn.Module, name: str):
 
 
 def _linear_factory(in_features: int, out_features: int):
-    # Block linears are created in bf16 like upstream's (§3.8: "block weights are created as bf16 parameters"), so
-    # `from_pretrained` without `dtype=` keeps the released bf16 weights as they are.
-    return lambda: nn.Linear(in_features, out_features, bias=False, dtype=_BLOCK_COMPUTE_DTYPE)
+    return lambda: nn.Linear(in_features, out_features, bias=False)
 
 
 def _norm_factory(dim: int, eps: float):
@@ -685,13 +702,13 @@ class MagiHumanAttnProcessor:
         # §3.4 steps 2-3: bf16 matmul with bf16 result, then fp32; split q | k | v | gate, head-major. Only q and k
         # are materialised in fp32: v goes back to bf16 unchanged and the gate is upcast where it is used, so skipping
         # their fp32 round trip is exact.
-        qkv = apply_per_modality(experts_of(attn, "to_qkv"), hidden_states, token_layout, bf16_compute_linear)
+        qkv = apply_per_modality(experts_of(attn, "to_qkv"), hidden_states, token_layout, apply_linear)
         query, key, value, gate = qkv.split(
             [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim, attn.gate_size], dim=-1
         )
         query = query.float().unflatten(-1, (heads, head_dim))
         key = key.float().unflatten(-1, (kv_heads, head_dim))
-        value = value.to(_BLOCK_COMPUTE_DTYPE).contiguous().unflatten(-1, (kv_heads, head_dim))
+        value = value.contiguous().unflatten(-1, (kv_heads, head_dim))
 
         # §3.4 steps 4-5: per-head RMSNorm (per modality in mm layers), RoPE in fp32; v is not normalised or rotated.
         query = apply_per_modality(experts_of(attn, "norm_q"), query, token_layout)
@@ -701,41 +718,49 @@ class MagiHumanAttnProcessor:
         key = apply_magihuman_rotary_emb(key, freqs_cos, freqs_sin)
 
         # §3.4 step 6: bf16 q/k/v, softmax scale 1/sqrt(D), bf16 output.
-        query, key, value = (x.to(_BLOCK_COMPUTE_DTYPE) for x in (query, key, value))
+        query, key = query.to(value.dtype), key.to(value.dtype)
         hidden_states = self._attention(query, key, value, token_layout, attn.is_local)
 
         # §3.4 step 7: gate = sigmoid of the last Hq qkv columns, per token and head (bf16 * fp32 -> fp32 product).
         if attn.gate_size:
             hidden_states = hidden_states * torch.sigmoid(gate.float()).unsqueeze(-1)
         # §3.4 step 8: bf16 into the output projection (bf16 result, added to the fp32 residual by the block).
-        hidden_states = hidden_states.flatten(2).to(_BLOCK_COMPUTE_DTYPE)
-        return apply_per_modality(experts_of(attn, "to_out"), hidden_states, token_layout, bf16_compute_linear)
+        hidden_states = hidden_states.flatten(2).to(experts_compute_dtype(attn, "to_out", value.dtype))
+        return apply_per_modality(experts_of(attn, "to_out"), hidden_states, token_layout, apply_linear)
 
     # -- attention core -----------------------------------------------------------------------------------------------
 
     def _attention(self, query, key, value, layout: MagiHumanTokenLayout, is_local: bool) -> torch.Tensor:
+        dtype = query.dtype
         upcast = self.upcast if self.upcast is not None else query.device.type == "cpu"
         if upcast:
             query, key, value = query.float(), key.float(), value.float()
 
         if not layout.has_padding:
-            out = self._attention_sample(query, key, value, layout, is_local)
+            out = self._attention_sample(query, key, value, layout, is_local, dtype)
         else:
             # Attend sample by sample on the real tokens: padding neither attends nor is attended, and each sample
             # gives the same result as alone, on every backend (no key-padding mask needed).
             out = query.new_zeros(query.shape)
             for b, length in enumerate(layout.seq_lens):
                 out[b : b + 1, :length] = self._attention_sample(
-                    query[b : b + 1, :length], key[b : b + 1, :length], value[b : b + 1, :length], layout, is_local
+                    query[b : b + 1, :length],
+                    key[b : b + 1, :length],
+                    value[b : b + 1, :length],
+                    layout,
+                    is_local,
+                    dtype,
                 )
-        return out.to(_BLOCK_COMPUTE_DTYPE)
+        return out.to(dtype)
 
-    def _attention_sample(self, query, key, value, layout: MagiHumanTokenLayout, is_local: bool) -> torch.Tensor:
+    def _attention_sample(
+        self, query, key, value, layout: MagiHumanTokenLayout, is_local: bool, out_dtype: torch.dtype
+    ) -> torch.Tensor:
         num_video, num_frames, window = layout.num_video_tokens, layout.num_frames, layout.frame_receptive_field
         if not is_local or window < 0:  # a negative receptive field means unlimited, i.e. global attention
             return self._dispatch(query, key, value)
         if self.local_attn_mode == "upstream_fallback":
-            return _upstream_local_fallback(query, key, value, num_video, layout.tokens_per_frame, window)
+            return _upstream_local_fallback(query, key, value, num_video, layout.tokens_per_frame, window, out_dtype)
         if window >= num_frames - 1:  # a window covering every frame is global attention
             return self._dispatch(query, key, value)
 
@@ -840,8 +865,9 @@ def _flex_local_attention(query, key, value, block_mask) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
-def _attention_with_lse(query, key, value) -> tuple[torch.Tensor, torch.Tensor]:
-    # fp32 attention of one key range: bf16 output and fp32 log-sum-exp `[B, Lq, H]`, like a flash-attn call.
+def _attention_with_lse(query, key, value, out_dtype=torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
+    # fp32 attention of one key range: output rounded to `out_dtype` (bf16 in the original) and fp32 log-sum-exp
+    # `[B, Lq, H]`, like a flash-attn call.
     heads, kv_heads = query.shape[2], key.shape[2]
     query, key, value = query.float(), key.float(), value.float()
     if kv_heads != heads:
@@ -850,10 +876,12 @@ def _attention_with_lse(query, key, value) -> tuple[torch.Tensor, torch.Tensor]:
     scores = torch.einsum("bqhd,bkhd->bhqk", query, key) * query.shape[-1] ** -0.5
     lse = torch.logsumexp(scores, dim=-1)
     out = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, dim=-1), value)
-    return out.to(_BLOCK_COMPUTE_DTYPE), lse.transpose(1, 2)
+    return out.to(out_dtype), lse.transpose(1, 2)
 
 
-def _upstream_local_fallback(query, key, value, num_video: int, per_frame: int, window: int) -> torch.Tensor:
+def _upstream_local_fallback(
+    query, key, value, num_video: int, per_frame: int, window: int, out_dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
     r"""
     The original's non-Hopper local attention (`_custom_flex_flash_attn_func`, §6): per video frame, one attention
     over the local video window and one over the audio+text keys, each rounded to bf16, merged in fp32 by log-sum-exp
@@ -867,16 +895,16 @@ def _upstream_local_fallback(query, key, value, num_video: int, per_frame: int, 
         q = query[:, frame * per_frame : (frame + 1) * per_frame]
         start = max(frame - window, 0) * per_frame
         end = min(frame + window + 1, num_frames) * per_frame
-        out, lse = _attention_with_lse(q, key[:, start:end], value[:, start:end])
+        out, lse = _attention_with_lse(q, key[:, start:end], value[:, start:end], out_dtype)
         if seq_len > num_video:
-            out_r, lse_r = _attention_with_lse(q, key[:, num_video:], value[:, num_video:])
+            out_r, lse_r = _attention_with_lse(q, key[:, num_video:], value[:, num_video:], out_dtype)
             max_lse = torch.maximum(lse, lse_r)
             se, se_r = torch.exp(lse - max_lse), torch.exp(lse_r - max_lse)
             sum_se = se + se_r
             out = out * (se / sum_se).unsqueeze(-1) + out_r * (se_r / sum_se).unsqueeze(-1)
-        outputs.append(out.to(_BLOCK_COMPUTE_DTYPE))
+        outputs.append(out.to(out_dtype))
     if seq_len > num_video:
-        outputs.append(_attention_with_lse(query[:, num_video:], key, value)[0])
+        outputs.append(_attention_with_lse(query[:, num_video:], key, value, out_dtype)[0])
     return torch.cat(outputs, dim=1)
 
 
@@ -989,14 +1017,14 @@ class MagiHumanFeedForward(nn.Module):
             `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)` in fp32 (bf16-rounded values).
         """
         up_proj, down_proj = experts_of(self, "up_proj"), experts_of(self, "down_proj")
-        hidden_states = apply_per_modality(up_proj, hidden_states, token_layout, bf16_compute_linear).float()
+        hidden_states = apply_per_modality(up_proj, hidden_states, token_layout, apply_linear).float()
         if self.activation == "swiglu7":
             gate, linear = hidden_states.chunk(2, dim=-1)
             hidden_states = swiglu7(gate, linear)
         else:
             hidden_states = gelu7(hidden_states)
-        hidden_states = hidden_states.to(_BLOCK_COMPUTE_DTYPE)
-        return apply_per_modality(down_proj, hidden_states, token_layout, bf16_compute_linear).float()
+        hidden_states = hidden_states.to(experts_compute_dtype(self, "down_proj", hidden_states.dtype))
+        return apply_per_modality(down_proj, hidden_states, token_layout, apply_linear).float()
 
 
 @maybe_allow_in_graph
@@ -1068,13 +1096,13 @@ class MagiHumanTransformerBlock(nn.Module):
             `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)`, fp32.
         """
         normed = apply_per_modality(experts_of(self, "norm1"), hidden_states, token_layout)
-        attn_output = self.attn(normed.to(_BLOCK_COMPUTE_DTYPE), rotary_emb, token_layout)
+        attn_output = self.attn(normed.to(experts_compute_dtype(self.attn, "to_qkv", normed.dtype)), rotary_emb, token_layout)
         if self.post_norm:
             attn_output = apply_per_modality(experts_of(self, "attn_post_norm"), attn_output, token_layout)
         hidden_states = hidden_states + attn_output
 
         normed = apply_per_modality(experts_of(self, "norm2"), hidden_states, token_layout)
-        ff_output = self.ff(normed.to(_BLOCK_COMPUTE_DTYPE), token_layout)
+        ff_output = self.ff(normed.to(experts_compute_dtype(self.ff, "up_proj", normed.dtype)), token_layout)
         if self.post_norm:
             ff_output = apply_per_modality(experts_of(self, "ff_post_norm"), ff_output, token_layout)
         return hidden_states + ff_output
@@ -1094,9 +1122,11 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
     expert (norms and linears) per modality; the others are shared. Outputs are the video prediction (spatial-major
     unpacking, §2.4) and the audio prediction.
 
-    Dtypes follow the original (§3.8): the block linears are created in bf16 and always compute in bf16 with bf16
-    results (fp32-stored weights are cast per call, with identical numerics); embedders, norms, RoPE and the output
-    heads are fp32, as is the residual stream. Module names: `blocks.{i}.norm1`, `.attn.{to_qkv, norm_q, norm_k,
+    Dtypes: the weights decide. A fresh model is fp32. Each block linear computes in the dtype of its weights (or the
+    compute dtype of layerwise casting) and returns that dtype; q/k/v and the attention run in the dtype of the q/k/v
+    projections. Embedders, norms, RoPE, activations and the output heads compute in fp32, as does the residual
+    stream. `from_pretrained(..., dtype=torch.bfloat16)` keeps `_keep_in_fp32_modules` in fp32 and gives the released
+    layout, which reproduces the original's mixed precision (bf16 block matmuls with bf16 results, fp32 elsewhere). Module names: `blocks.{i}.norm1`, `.attn.{to_qkv, norm_q, norm_k,
     to_out}`, `.norm2`, `.ff.{up_proj, down_proj}`; in modality-expert layers each of these exists once per modality
     with a `_video` / `_audio` / `_text` suffix. Use `conversion/convert_magihuman_to_diffusers.py` to convert the
     original checkpoints. Context parallelism (`_cp_plan`) is not wired up yet.
