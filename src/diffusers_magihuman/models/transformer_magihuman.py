@@ -19,6 +19,7 @@ Section numbers in comments (``§3.4``) refer to the project's DiT spec (``spec/
 code (GAIR-NLP/daVinci-MagiHuman, ``inference/model/dit/dit_module.py`` and ``inference/pipeline/data_proxy.py``).
 """
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, apply_lora_scale, logging
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 
+from .magihuman_legacy_keys import check_not_legacy_folder
 from .attention_flash4 import flash_attention_4, flash_attention_4_supported, flash_attention_4_varlen
 
 
@@ -139,6 +141,8 @@ def experts_compute_dtype(owner: nn.Module, name: str, default: torch.dtype) -> 
     r"""Compute dtype of the linear `owner.<name>` (the video expert in modality-expert layers), or `default`."""
     module = experts_of(owner, name)
     if not isinstance(module, nn.Module):
+        module = module[0]
+    if isinstance(module, nn.ModuleList):  # `to_out = [Linear, Dropout]`
         module = module[0]
     dtype = linear_compute_dtype(module)
     return default if dtype is None else dtype
@@ -455,8 +459,8 @@ class MagiHumanTokenLayout:
 
 def apply_per_modality(module, hidden_states: torch.Tensor, layout: MagiHumanTokenLayout, fn=None):
     r"""
-    Applies a shared module, or per-modality experts (one module each for video, audio, text), to packed tokens
-    (§3.2). There is no routing network: a token's expert is its modality. Padding rows get zeros.
+    Applies a shared module, or per-modality experts (one module each for video, audio, text), to packed tokens. There
+    is no routing network: a token's expert is its modality. Padding rows get zeros.
 
     Args:
         module (`nn.Module` or `tuple[nn.Module, nn.Module, nn.Module]`): shared module, or the experts in the order
@@ -469,49 +473,82 @@ def apply_per_modality(module, hidden_states: torch.Tensor, layout: MagiHumanTok
     Returns:
         `torch.Tensor` of shape `(batch_size, seq_len, ...)`.
     """
+    return apply_per_modality_multi([module], hidden_states, layout, fn)[0]
+
+
+def apply_per_modality_multi(modules, hidden_states: torch.Tensor, layout: MagiHumanTokenLayout, fn=None):
+    r"""
+    [`apply_per_modality`] for several modules that read the same input (e.g. `to_q`, `to_k`, `to_v`, `to_gate`):
+    the tokens are sorted by modality once for all of them.
+
+    Returns:
+        `list[torch.Tensor]`, one output per module.
+    """
     if fn is None:
 
         def fn(m, x):
             return m(x)
 
-    if isinstance(module, nn.Module):
-        return fn(module, hidden_states)
+    if all(isinstance(module, nn.Module) for module in modules):
+        return [fn(module, hidden_states) for module in modules]
 
     lead_shape = hidden_states.shape[:2]
     flat = hidden_states.flatten(0, 1)
     if layout.permutation is not None:
         flat = flat.index_select(0, layout.permutation)
-    chunks = flat.split(layout.group_sizes, dim=0)
-    outputs = [fn(expert, chunk) for expert, chunk in zip(module, chunks)]
+    chunks = flat.split(layout.group_sizes, dim=0)[:3]  # video, audio, text (the padding rows get zeros)
     num_pad = layout.group_sizes[3]
-    if num_pad:
-        outputs.append(outputs[0].new_zeros((num_pad,) + outputs[0].shape[1:]))
-    out = torch.cat(outputs, dim=0)
-    if layout.inverse_permutation is not None:
-        out = out.index_select(0, layout.inverse_permutation)
-    return out.unflatten(0, lead_shape)
+    results = []
+    for module in modules:
+        outputs = [fn(expert, chunk) for expert, chunk in zip(module, chunks)]
+        if num_pad:
+            outputs.append(outputs[0].new_zeros((num_pad,) + outputs[0].shape[1:]))
+        out = torch.cat(outputs, dim=0)
+        if layout.inverse_permutation is not None:
+            out = out.index_select(0, layout.inverse_permutation)
+        results.append(out.unflatten(0, lead_shape))
+    return results
+
+
+class MagiHumanModalityExperts(nn.Module):
+    r"""
+    One modality's modules of a modality-expert layer (norms and linears, no forward of its own). The layer holds three,
+    named `video`, `audio` and `text`, so an expert's path ends like the shared module's (`blocks.0.attn.video.to_q`
+    vs `blocks.1.attn.to_q`) and the usual LoRA target lists (`["to_q", "to_k", "to_v", "to_out.0"]`) reach it.
+    """
 
 
 def _add_modules(owner: nn.Module, name: str, factory, num_experts: int) -> None:
-    # Shared layers get `name`; modality-expert layers get siblings `name_video`, `name_audio`, `name_text` (like
-    # diffusers' `to_q` / `add_q_proj`), each a real module, so PEFT target names, quantizers and layerwise casting
-    # see plain `nn.Linear`s and a target such as "to_qkv" never hits a container.
+    # Shared layers get `owner.<name>`; modality-expert layers get `owner.video.<name>`, `owner.audio.<name>`,
+    # `owner.text.<name>`, each a real module, so PEFT targets, quantizers and layerwise casting see plain
+    # `nn.Linear`s.
     if num_experts == 1:
         owner.add_module(name, factory())
-    else:
-        for modality in MODALITIES:
-            owner.add_module(f"{name}_{modality}", factory())
+        return
+    for modality in MODALITIES:
+        if modality not in owner._modules:
+            owner.add_module(modality, MagiHumanModalityExperts())
+        owner._modules[modality].add_module(name, factory())
 
 
 def experts_of(owner: nn.Module, name: str):
-    r"""The shared module `owner.<name>`, or the experts `(owner.<name>_video, owner.<name>_audio, owner.<name>_text)`.
+    r"""The shared module `owner.<name>`, or the experts `(owner.video.<name>, owner.audio.<name>, owner.text.<name>)`.
 
     Returns:
         `nn.Module` or `tuple[nn.Module, nn.Module, nn.Module]`.
     """
     if name in owner._modules:
         return owner._modules[name]
-    return tuple(owner._modules[f"{name}_{modality}"] for modality in MODALITIES)
+    return tuple(owner._modules[modality]._modules[name] for modality in MODALITIES)
+
+
+def _apply_out(module: nn.ModuleList, hidden_states: torch.Tensor) -> torch.Tensor:
+    # `to_out = ModuleList([Linear, Dropout])`, as in diffusers' `Attention`.
+    return module[1](apply_linear(module[0], hidden_states))
+
+
+def _out_factory(in_features: int, out_features: int):
+    return lambda: nn.ModuleList([nn.Linear(in_features, out_features, bias=False), nn.Dropout(0.0)])
 
 
 def _linear_factory(in_features: int, out_features: int):
@@ -702,10 +739,17 @@ class MagiHumanAttnProcessor:
         # §3.4 steps 2-3: bf16 matmul with bf16 result, then fp32; split q | k | v | gate, head-major. Only q and k
         # are materialised in fp32: v goes back to bf16 unchanged and the gate is upcast where it is used, so skipping
         # their fp32 round trip is exact.
-        qkv = apply_per_modality(experts_of(attn, "to_qkv"), hidden_states, token_layout, apply_linear)
-        query, key, value, gate = qkv.split(
-            [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim, attn.gate_size], dim=-1
-        )
+        if attn.fused_projections:
+            qkv = apply_per_modality(experts_of(attn, "to_qkv"), hidden_states, token_layout, apply_linear)
+            query, key, value, gate = qkv.split(
+                [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim, attn.gate_size], dim=-1
+            )
+        else:
+            names = ["to_q", "to_k", "to_v"] + (["to_gate"] if attn.gate_size else [])
+            projections = [experts_of(attn, name) for name in names]
+            outputs = apply_per_modality_multi(projections, hidden_states, token_layout, apply_linear)
+            query, key, value = outputs[:3]
+            gate = outputs[3] if attn.gate_size else None
         query = query.float().unflatten(-1, (heads, head_dim))
         key = key.float().unflatten(-1, (kv_heads, head_dim))
         value = value.contiguous().unflatten(-1, (kv_heads, head_dim))
@@ -726,7 +770,7 @@ class MagiHumanAttnProcessor:
             hidden_states = hidden_states * torch.sigmoid(gate.float()).unsqueeze(-1)
         # §3.4 step 8: bf16 into the output projection (bf16 result, added to the fp32 residual by the block).
         hidden_states = hidden_states.flatten(2).to(experts_compute_dtype(attn, "to_out", value.dtype))
-        return apply_per_modality(experts_of(attn, "to_out"), hidden_states, token_layout, apply_linear)
+        return apply_per_modality(experts_of(attn, "to_out"), hidden_states, token_layout, _apply_out)
 
     # -- attention core -----------------------------------------------------------------------------------------------
 
@@ -912,9 +956,13 @@ class MagiHumanAttention(nn.Module, AttentionModuleMixin):
     r"""
     Self-attention of one MagiHuman layer (GQA, gated, q/k RMSNorm, coordinate RoPE).
 
-    Parameters: `to_qkv` (`hidden -> Hq*D + 2*Hkv*D + Hq`, rows `q | k | v | gate`), `norm_q`, `norm_k` (width `D`),
-    `to_out` (`Hq*D -> hidden`). Modality-expert layers have one of each per modality instead, suffixed `_video`,
-    `_audio`, `_text` (e.g. `to_qkv_audio`).
+    Parameters: `to_q` (`hidden -> Hq*D`), `to_k`, `to_v` (`hidden -> Hkv*D`), `to_gate` (`hidden -> Hq`, one
+    sigmoid gate per query head; absent without gating), `norm_q`, `norm_k` (width `D`) and `to_out` (`[Linear(Hq*D ->
+    hidden), Dropout]`, like diffusers' `Attention`). Modality-expert layers have one of each per modality instead,
+    under `video`, `audio` and `text` (e.g. `attn.audio.to_q`), so the usual LoRA targets reach the experts too.
+
+    [`fuse_projections`] adds a fused `to_qkv` (rows `q | k | v | gate`, one GEMM instead of four) that the processor
+    then uses; [`unfuse_projections`] removes it. Off by default.
 
     Args:
         hidden_size (`int`), num_attention_heads (`int`), num_key_value_heads (`int`), head_dim (`int`)
@@ -927,7 +975,7 @@ class MagiHumanAttention(nn.Module, AttentionModuleMixin):
 
     _default_processor_cls = MagiHumanAttnProcessor
     _available_processors = [MagiHumanAttnProcessor]
-    _supports_qkv_fusion = False
+    _supports_qkv_fusion = True
 
     def __init__(
         self,
@@ -947,12 +995,52 @@ class MagiHumanAttention(nn.Module, AttentionModuleMixin):
         self.head_dim = head_dim
         self.gate_size = num_attention_heads if enable_gating else 0
         self.is_local = is_local
-        qkv_features = (num_attention_heads + 2 * num_key_value_heads) * head_dim + self.gate_size
-        _add_modules(self, "to_qkv", _linear_factory(hidden_size, qkv_features), num_experts)
+        self.num_experts = num_experts
+        _add_modules(self, "to_q", _linear_factory(hidden_size, num_attention_heads * head_dim), num_experts)
+        _add_modules(self, "to_k", _linear_factory(hidden_size, num_key_value_heads * head_dim), num_experts)
+        _add_modules(self, "to_v", _linear_factory(hidden_size, num_key_value_heads * head_dim), num_experts)
+        if enable_gating:
+            _add_modules(self, "to_gate", _linear_factory(hidden_size, num_attention_heads), num_experts)
         _add_modules(self, "norm_q", _norm_factory(head_dim, eps), num_experts)
         _add_modules(self, "norm_k", _norm_factory(head_dim, eps), num_experts)
-        _add_modules(self, "to_out", _linear_factory(num_attention_heads * head_dim, hidden_size), num_experts)
+        _add_modules(self, "to_out", _out_factory(num_attention_heads * head_dim, hidden_size), num_experts)
         self.set_processor(processor if processor is not None else self._default_processor_cls())
+
+    def _projection_names(self) -> list[str]:
+        return ["to_q", "to_k", "to_v"] + (["to_gate"] if self.gate_size else [])
+
+    @torch.no_grad()
+    def fuse_projections(self):
+        r"""
+        Adds a fused `to_qkv` linear (per modality in expert layers) holding the rows of `to_q | to_k | to_v | to_gate`,
+        and makes the processor run that one GEMM instead of four. The separate projections stay (LoRA on them is
+        not used while fused, as in diffusers); outputs are unchanged up to GEMM reduction-order noise.
+        """
+        if self.fused_projections:
+            return
+        groups = [experts_of(self, name) for name in self._projection_names()]
+        owners = [self] if self.num_experts == 1 else [self._modules[modality] for modality in MODALITIES]
+        for index, owner in enumerate(owners):
+            linears = [group if isinstance(group, nn.Module) else group[index] for group in groups]
+            if not all(type(linear) is nn.Linear for linear in linears):
+                raise ValueError(
+                    "`fuse_projections` needs plain `nn.Linear` projections; fuse before adding LoRA adapters, "
+                    "quantizing or enabling layerwise casting."
+                )
+            weight = torch.cat([linear.weight for linear in linears], dim=0)
+            fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+            fused.weight.copy_(weight)
+            owner.add_module("to_qkv", fused)
+        self.fused_projections = True
+
+    def unfuse_projections(self):
+        r"""Removes the fused `to_qkv` added by [`fuse_projections`]; the processor uses the separate projections."""
+        if not self.fused_projections:
+            return
+        owners = [self] if self.num_experts == 1 else [self._modules[modality] for modality in MODALITIES]
+        for owner in owners:
+            del owner._modules["to_qkv"]
+        self.fused_projections = False
 
     def forward(
         self,
@@ -967,15 +1055,15 @@ class MagiHumanAttention(nn.Module, AttentionModuleMixin):
             token_layout ([`MagiHumanTokenLayout`])
 
         Returns:
-            `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)` in bf16.
+            `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)` in the compute dtype of `to_out`.
         """
         return self.processor(self, hidden_states, rotary_emb, token_layout)
 
 
 class MagiHumanFeedForward(nn.Module):
     r"""
-    MLP of one layer (§3.5): `up_proj` (bf16 result), clamped activation in fp32, `down_proj` (bf16 result); in
-    modality-expert layers one of each per modality (`up_proj_video`, ...).
+    MLP of one layer: `up_proj`, clamped activation in fp32, `down_proj`; each linear computes in its weight dtype. In
+    modality-expert layers there is one of each per modality (`video.up_proj`, `audio.up_proj`, `text.up_proj`).
 
     `gelu7` layers have a plain `hidden -> I` `up_proj`. `swiglu7` layers have `hidden -> 2*I` with the gate rows
     first and the linear rows second (the conversion script de-interleaves the original's alternating rows). With
@@ -1096,7 +1184,7 @@ class MagiHumanTransformerBlock(nn.Module):
             `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)`, fp32.
         """
         normed = apply_per_modality(experts_of(self, "norm1"), hidden_states, token_layout)
-        attn_output = self.attn(normed.to(experts_compute_dtype(self.attn, "to_qkv", normed.dtype)), rotary_emb, token_layout)
+        attn_output = self.attn(normed.to(experts_compute_dtype(self.attn, "to_q", normed.dtype)), rotary_emb, token_layout)
         if self.post_norm:
             attn_output = apply_per_modality(experts_of(self, "attn_post_norm"), attn_output, token_layout)
         hidden_states = hidden_states + attn_output
@@ -1172,10 +1260,12 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         "norm_out_audio",
         "proj_out_video",
         "proj_out_audio",
-    ] + [
-        name + suffix
-        for name in ("norm1", "norm2", "norm_q", "norm_k", "attn_post_norm", "ff_post_norm")
-        for suffix in ("", "_video", "_audio", "_text")
+        "norm1",
+        "norm2",
+        "norm_q",
+        "norm_k",
+        "attn_post_norm",
+        "ff_post_norm",
     ]
     _skip_layerwise_casting_patterns = ["embedder", "rope", "norm", r"^proj_out_video$", r"^proj_out_audio$"]
 
@@ -1411,6 +1501,17 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
             ff.intermediate_size = padded
         self.register_to_config(pad_swiglu_to_multiple_of=multiple_of)
         return self
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        r"""
+        [`~ModelMixin.from_pretrained`], refusing (before any weight loads) a local folder converted before the
+        attention projections were split (fused `to_qkv`); the message says how to re-convert or upgrade it.
+        """
+        path = os.fspath(pretrained_model_name_or_path) if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) else None
+        if path is not None and os.path.isdir(path):
+            check_not_legacy_folder(os.path.join(path, kwargs.get("subfolder") or ""))
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     # -- input handling -----------------------------------------------------------------------------------------------
 
