@@ -1502,6 +1502,24 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         self.register_to_config(pad_swiglu_to_multiple_of=multiple_of)
         return self
 
+    def enable_cache(self, config) -> None:
+        r"""
+        [`~CacheMixin.enable_cache`]: FirstBlockCache, MagCache, TaylorSeer and Pyramid Attention Broadcast work on
+        this model. FasterCache is refused: it splits each call's batch into the unconditional and conditional halves
+        of a batched classifier-free-guidance call and reads a timestep argument, while this model takes no timestep and
+        the pipelines run the guidance passes as separate calls.
+        """
+        from diffusers.hooks import FasterCacheConfig
+
+        if isinstance(config, FasterCacheConfig):
+            raise ValueError(
+                "FasterCache does not work with MagiHumanTransformer3DModel: it needs a batched (uncond, cond) "
+                "classifier-free-guidance call with a timestep input, and this model has no timestep and runs the "
+                "guidance passes as separate calls. Use FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig "
+                "or PyramidAttentionBroadcastConfig instead."
+            )
+        super().enable_cache(config)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         r"""
