@@ -62,7 +62,7 @@ def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.fixture(autouse=True)
 def restore_attention_backend():
-    # `set_attention_backend` also sets diffusers' process-global active backend (spec diffusers.md §0.6).
+    # `set_attention_backend` also sets diffusers' process-global active backend.
     saved = _AttentionBackendRegistry._active_backend
     yield
     _AttentionBackendRegistry.set_active_backend(saved)
@@ -115,11 +115,11 @@ def test_packing_coords_and_rope_match_upstream(name):
     audio_len, text_len = inputs["audio_feat_len"].item(), inputs["text_feat_len"].item()
     packed = inputs["packed.x"]
 
-    # Channel-major patchify on input (§2.3), exact.
+    # Channel-major patchify on input, exact.
     assert torch.equal(patchify_video(video, (1, 2, 2))[0], packed[:num_video, :192])
     assert torch.equal(packed[num_video : num_video + audio_len, :64], inputs["audio_latent"][0])
     assert torch.equal(packed[num_video + audio_len :], inputs["text_embeds"][0, :text_len])
-    # Spatial-major unpacking of the raw output (§2.4) is upstream's `depack_token_sequence`, exact.
+    # Spatial-major unpacking of the raw output is upstream's `depack_token_sequence`, exact.
     x_out = outputs["x_out"]
     assert torch.equal(unpatchify_video(x_out[None, :num_video], (1, 2, 2), grid), outputs["video_pred"])
     assert not torch.equal(patchify_video(outputs["video_pred"], (1, 2, 2))[0], x_out[:num_video])
@@ -129,7 +129,7 @@ def test_packing_coords_and_rope_match_upstream(name):
     freqs_cos, freqs_sin = MagiHumanRotaryPosEmbed(config["model_config"]["head_dim"])(coords)
     assert torch.equal(torch.cat([freqs_sin, freqs_cos], dim=-1), outputs["debug.rope"])
 
-    # Local-attention rule == the union of upstream's (query range, key range) pairs (§6).
+    # Local-attention rule == the union of upstream's (query range, key range) pairs.
     layout = MagiHumanTokenLayout.build([audio_len], [text_len], grid, proxy["frame_receptive_field"], "cpu")
     seq_len = packed.shape[0]
     expected = torch.zeros(seq_len, seq_len, dtype=torch.bool)
@@ -269,7 +269,7 @@ def test_local_attention_equals_dense_masked_softmax():
 
 
 def test_gqa_head_mapping_is_interleaved():
-    # Query head h uses kv head h // group (flash-attn convention), not h % num_kv_heads (spec §7.6).
+    # Query head h uses kv head h // group (flash-attn convention), not h % num_kv_heads.
     layout = MagiHumanTokenLayout.build([0], [0], (1, 1, 6), -1, "cpu")
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, 6, 4, 8, generator=g).bfloat16()

@@ -15,8 +15,8 @@
 
 The model packs a video latent, an audio latent and text embeddings into one token sequence (video, then audio, then
 the real text rows), runs a stack of pre-norm transformer layers over it and unpacks the video and audio predictions.
-Section numbers in comments (``§3.4``) refer to the project's DiT spec (``spec/dit.md``), which describes the original
-code (GAIR-NLP/daVinci-MagiHuman, ``inference/model/dit/dit_module.py`` and ``inference/pipeline/data_proxy.py``).
+The original code is GAIR-NLP/daVinci-MagiHuman, ``inference/model/dit/dit_module.py`` and
+``inference/pipeline/data_proxy.py``; comments say where this port follows it on purpose.
 """
 
 import os
@@ -42,7 +42,7 @@ from .attention_flash4 import flash_attention_4, flash_attention_4_supported, fl
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
 
-# Modality ids of the packed sequence; they are also the expert index of the modality-expert ("mm") layers (§2.2).
+# Modality ids of the packed sequence; they are also the expert index of the modality-expert ("mm") layers.
 MODALITY_VIDEO = 0
 MODALITY_AUDIO = 1
 MODALITY_TEXT = 2
@@ -149,14 +149,14 @@ def experts_compute_dtype(owner: nn.Module, name: str, default: torch.dtype) -> 
 
 
 def gelu7(hidden_states: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
-    r"""`z * sigmoid(1.702 z)` with `z = min(x, 7)`, in fp32 (§3.5). No lower clamp."""
+    r"""`z * sigmoid(1.702 z)` with `z = min(x, 7)`, in fp32. No lower clamp."""
     hidden_states = hidden_states.float().clamp(max=limit)
     return hidden_states * torch.sigmoid(alpha * hidden_states)
 
 
 def swiglu7(gate: torch.Tensor, linear: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
     r"""
-    GPT-OSS style clamped SwiGLU in fp32 (§3.5): `g' sigmoid(1.702 g') (l' + 1)` with `g' = min(g, 7)` and
+    GPT-OSS style clamped SwiGLU in fp32: `g' sigmoid(1.702 g') (l' + 1)` with `g' = min(g, 7)` and
     `l' = clamp(l, -7, 7)`. Note the **+1** on the linear branch.
     """
     gate = gate.float().clamp(max=limit)
@@ -168,7 +168,7 @@ def apply_magihuman_rotary_emb(
     hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor
 ) -> torch.Tensor:
     r"""
-    Rotates the first `2 * freqs_cos.shape[-1]` dims of every head with split-halves pairing (§5): for `i < R/2` the
+    Rotates the first `2 * freqs_cos.shape[-1]` dims of every head with split-halves pairing: for `i < R/2` the
     pair is `(x_i, x_{i+R/2})`. The remaining head dims pass through unchanged.
 
     Args:
@@ -190,7 +190,7 @@ def apply_magihuman_rotary_emb(
 
 def patchify_video(hidden_states: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
     r"""
-    Video latent to tokens, **channel-major** like the original's `UnfoldNd` im2col (§2.3): token
+    Video latent to tokens, **channel-major** like the original's `UnfoldNd` im2col: token
     `t*H'*W' + h*W' + w`, channel `((c*pT + dt)*pH + dh)*pW + dw`.
 
     Args:
@@ -213,7 +213,7 @@ def unpatchify_video(
     tokens: torch.Tensor, patch_size: tuple[int, int, int], grid_size: tuple[int, int, int]
 ) -> torch.Tensor:
     r"""
-    Tokens to video latent, **spatial-major** like the original's `depack_token_sequence` (§2.4): the channel axis of
+    Tokens to video latent, **spatial-major** like the original's `depack_token_sequence`: the channel axis of
     a token is read as `(pT, pH, pW, C)` with `C` fastest. This is deliberately not the inverse of [`patchify_video`]:
     the trained `final_linear_video` rows are in that order.
 
@@ -243,7 +243,7 @@ def get_magihuman_coords(
     device: torch.device | None = None,
 ) -> torch.Tensor:
     r"""
-    The 9-column coordinates `(t, h, w, T, H, W, T_ref, H_ref, W_ref)` of one packed sample (§2.5), fp32.
+    The 9-column coordinates `(t, h, w, T, H, W, T_ref, H_ref, W_ref)` of one packed sample, fp32.
 
     * video `(t, h, w)` on the `(T', H', W')` patch grid, reference = size ("extra" interpolation, fixed upstream);
     * audio `i`: `(i, 0, 0)`, size `(N, 1, 1)`, reference `((N-1)//4 + 1) // pT` (v2) or `T'` (v1);
@@ -274,7 +274,7 @@ def get_magihuman_coords(
         return torch.cat([grid, meta], dim=-1)
 
     def _check_scale(name, size, ref):
-        # Upstream asserts that no RoPE scale (ref-1)/(size-1) is infinite (§2.5).
+        # Upstream asserts that no RoPE scale (ref-1)/(size-1) is infinite.
         if size == 1 and ref != 1:
             raise ValueError(
                 f"coords_style={coords_style!r} gives an infinite RoPE scale for {name} with length 1 (reference "
@@ -338,7 +338,7 @@ class MagiHumanTokenLayout:
 
     def local_attention_allowed(self, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         r"""
-        The local-attention rule of one sample (§6), on packed token indices: a video query of frame `i` sees video
+        The local-attention rule of one sample, on packed token indices: a video query of frame `i` sees video
         keys of frames `i - F .. i + F`; every query sees the audio and text keys; audio/text queries see everything.
         """
         num_video, per_frame, window = self.num_video_tokens, self.tokens_per_frame, self.frame_receptive_field
@@ -566,7 +566,7 @@ def _norm_factory(dim: int, eps: float):
 
 class MagiHumanRMSNorm(nn.Module):
     r"""
-    RMSNorm whose weight is stored **as an offset from 1** (§3.3): `y = rms(x) * (1 + weight)`, math in fp32, result
+    RMSNorm whose weight is stored **as an offset from 1**: `y = rms(x) * (1 + weight)`, math in fp32, result
     in the input dtype. A fresh norm (zero weight) is the identity scale.
 
     Args:
@@ -588,7 +588,7 @@ class MagiHumanRMSNorm(nn.Module):
 
 class MagiHumanRotaryPosEmbed(nn.Module):
     r"""
-    Coordinate RoPE of the original (`ElementWiseFourierEmbed`, §5): `head_dim // 8` bands per axis for the three axes
+    Coordinate RoPE of the original (`ElementWiseFourierEmbed`): `head_dim // 8` bands per axis for the three axes
     `(t, h, w)`, so `3/4` of each head is rotated. Angle `theta[a, k] = (pos_a - centre_a) * scale_a * band_k` with
     `scale = (ref - 1)/(size - 1)` (1 when `ref = size = 1`) and `centre = (size - 1)/2` for `h`, `w` (0 for `t`).
 
@@ -638,11 +638,11 @@ def _resolve_backend_name(backend) -> str:
 
 class MagiHumanAttnProcessor:
     r"""
-    Attention processor of MagiHuman (§3.4): packed q/k/v/gate projection (per modality in mm layers), per-head q/k
+    Attention processor of MagiHuman: packed q/k/v/gate projection (per modality in mm layers), per-head q/k
     RMSNorm, coordinate RoPE in fp32, bf16 q/k/v, attention through diffusers' `dispatch_attention_fn`, per-head
     sigmoid gating and the output projection.
 
-    Global layers attend over the whole packed sample. Local layers (SR-1080p, §6) let a video token of latent frame
+    Global layers attend over the whole packed sample. Local layers (SR-1080p) let a video token of latent frame
     `i` see the video tokens of frames `i - F .. i + F` plus all audio and text tokens, while audio and text tokens see
     everything: one softmax over that union. It is computed as one flex `BlockMask` call on the `flex` backend, and
     elsewhere (incl. flash backends, which take no mask) as one unmasked call per query frame over the gathered keys
@@ -657,7 +657,7 @@ class MagiHumanAttnProcessor:
         local_attn_mode (`str`, defaults to `"masked"`):
             `"masked"`: one softmax over the union of the local ranges (see above). `"upstream_fallback"`: reproduce
             the original's non-Hopper fallback bit for bit (one fp32 attention per key range, each rounded to bf16,
-            merged by log-sum-exp in fp32, §6). Meant for parity checks; it ignores the attention backend.
+            merged by log-sum-exp in fp32). Meant for parity checks; it ignores the attention backend.
         local_attn_kernel (`str`, defaults to `"auto"`):
             How `"masked"` local layers run when the backend is not `flex`: `"varlen"`, one FlashAttention-4
             variable-length call per layer (each query frame is one sequence against its gathered window + audio/text
@@ -736,8 +736,8 @@ class MagiHumanAttnProcessor:
     ) -> torch.Tensor:
         heads, kv_heads, head_dim = attn.heads, attn.kv_heads, attn.head_dim
 
-        # §3.4 steps 2-3: bf16 matmul with bf16 result, then fp32; split q | k | v | gate, head-major. Only q and k
-        # are materialised in fp32: v goes back to bf16 unchanged and the gate is upcast where it is used, so skipping
+        # Projections in the weights' dtype (bf16 in the released layout, like the original), head-major. Only q and k
+        # are materialised in fp32: v stays in the projection dtype and the gate is upcast where it is used, so skipping
         # their fp32 round trip is exact.
         if attn.fused_projections:
             qkv = apply_per_modality(experts_of(attn, "to_qkv"), hidden_states, token_layout, apply_linear)
@@ -754,21 +754,21 @@ class MagiHumanAttnProcessor:
         key = key.float().unflatten(-1, (kv_heads, head_dim))
         value = value.contiguous().unflatten(-1, (kv_heads, head_dim))
 
-        # §3.4 steps 4-5: per-head RMSNorm (per modality in mm layers), RoPE in fp32; v is not normalised or rotated.
+        # Per-head RMSNorm (per modality in mm layers), RoPE in fp32; v is not normalised or rotated.
         query = apply_per_modality(experts_of(attn, "norm_q"), query, token_layout)
         key = apply_per_modality(experts_of(attn, "norm_k"), key, token_layout)
         freqs_cos, freqs_sin = rotary_emb
         query = apply_magihuman_rotary_emb(query, freqs_cos, freqs_sin)
         key = apply_magihuman_rotary_emb(key, freqs_cos, freqs_sin)
 
-        # §3.4 step 6: bf16 q/k/v, softmax scale 1/sqrt(D), bf16 output.
+        # q/k/v in the projections' dtype, softmax scale 1/sqrt(D), output in that dtype.
         query, key = query.to(value.dtype), key.to(value.dtype)
         hidden_states = self._attention(query, key, value, token_layout, attn.is_local)
 
-        # §3.4 step 7: gate = sigmoid of the last Hq qkv columns, per token and head (bf16 * fp32 -> fp32 product).
+        # gate = sigmoid of the `to_gate` output, per token and head (the product is fp32).
         if attn.gate_size:
             hidden_states = hidden_states * torch.sigmoid(gate.float()).unsqueeze(-1)
-        # §3.4 step 8: bf16 into the output projection (bf16 result, added to the fp32 residual by the block).
+        # Into the output projection in its dtype (added to the fp32 residual by the block).
         hidden_states = hidden_states.flatten(2).to(experts_compute_dtype(attn, "to_out", value.dtype))
         return apply_per_modality(experts_of(attn, "to_out"), hidden_states, token_layout, _apply_out)
 
@@ -823,7 +823,7 @@ class MagiHumanAttnProcessor:
         if kernel == "flex" and not layout.has_padding:
             return _flex_local_attention(query, key, value, self._local_block_mask(query, key, layout))
 
-        # One unmasked call per query frame: keys = the frames of its window + all audio and text tokens (§6).
+        # One unmasked call per query frame: keys = the frames of its window + all audio and text tokens.
         per_frame = layout.tokens_per_frame
         key_rest, value_rest = key[:, num_video:], value[:, num_video:]
         outputs = []
@@ -842,7 +842,7 @@ class MagiHumanAttnProcessor:
         return torch.cat(outputs, dim=1)
 
     def _varlen_local_attention(self, query, key, value, layout: MagiHumanTokenLayout) -> torch.Tensor:
-        # One FA4 varlen call: queries in place, each frame's keys (window + audio/text) gathered once (§6).
+        # One FA4 varlen call: queries in place, each frame's keys (window + audio/text) gathered once.
         batch_size, seq_len = query.shape[:2]
         plan = layout.local_varlen_plan(batch_size, seq_len, query.device)
         key = key.flatten(0, 1).index_select(0, plan["kv_index"])
@@ -869,7 +869,7 @@ class MagiHumanAttnProcessor:
             if backend in _GQA_FLAG_BACKENDS and self._parallel_config is None:
                 enable_gqa = True
             elif backend not in _GQA_NATIVE_BACKENDS:
-                # Query head h uses kv head h // group (§3.4, flash-attn convention), hence repeat_interleave.
+                # Query head h uses kv head h // group (flash-attn convention), hence repeat_interleave.
                 key = key.repeat_interleave(heads // kv_heads, dim=2)
                 value = value.repeat_interleave(heads // kv_heads, dim=2)
         return dispatch_attention_fn(
@@ -927,7 +927,7 @@ def _upstream_local_fallback(
     query, key, value, num_video: int, per_frame: int, window: int, out_dtype: torch.dtype = torch.bfloat16
 ) -> torch.Tensor:
     r"""
-    The original's non-Hopper local attention (`_custom_flex_flash_attn_func`, §6): per video frame, one attention
+    The original's non-Hopper local attention (`_custom_flex_flash_attn_func`): per video frame, one attention
     over the local video window and one over the audio+text keys, each rounded to bf16, merged in fp32 by log-sum-exp
     and rounded to bf16 again; audio/text queries attend to everything in one call. Numerically this differs from one
     softmax only by that intermediate bf16 rounding.
@@ -1119,7 +1119,7 @@ class MagiHumanFeedForward(nn.Module):
 class MagiHumanTransformerBlock(nn.Module):
     r"""
     One pre-norm MagiHuman layer over the packed sequence: `h += attn(norm1(h))`, `h += ff(norm2(h))` with an fp32
-    residual stream (§3.4-3.5). Modality-expert layers hold per-modality norms and linears.
+    residual stream. Modality-expert layers hold per-modality norms and linears.
 
     Args:
         hidden_size (`int`), num_attention_heads (`int`), num_key_value_heads (`int`), head_dim (`int`)
@@ -1205,19 +1205,22 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
     r"""
     The daVinci-MagiHuman denoiser: a timestep-free single-stream DiT over packed video, audio and text tokens.
 
-    Inputs are packed inside the model (§2): video tokens (channel-major `pT x pH x pW` patches), then the real audio
+    Inputs are packed inside the model: video tokens (channel-major `pT x pH x pW` patches), then the real audio
     tokens, then the real text tokens, each embedded by its own fp32 linear. Layers listed in `mm_layers` have one
     expert (norms and linears) per modality; the others are shared. Outputs are the video prediction (spatial-major
-    unpacking, §2.4) and the audio prediction.
+    unpacking) and the audio prediction.
 
     Dtypes: the weights decide. A fresh model is fp32. Each block linear computes in the dtype of its weights (or the
     compute dtype of layerwise casting) and returns that dtype; q/k/v and the attention run in the dtype of the q/k/v
     projections. Embedders, norms, RoPE, activations and the output heads compute in fp32, as does the residual
     stream. `from_pretrained(..., dtype=torch.bfloat16)` keeps `_keep_in_fp32_modules` in fp32 and gives the released
-    layout, which reproduces the original's mixed precision (bf16 block matmuls with bf16 results, fp32 elsewhere). Module names: `blocks.{i}.norm1`, `.attn.{to_qkv, norm_q, norm_k,
-    to_out}`, `.norm2`, `.ff.{up_proj, down_proj}`; in modality-expert layers each of these exists once per modality
-    with a `_video` / `_audio` / `_text` suffix. Use `conversion/convert_magihuman_to_diffusers.py` to convert the
-    original checkpoints. Context parallelism (`_cp_plan`) is not wired up yet.
+    layout, which reproduces the original's mixed precision (bf16 block matmuls with bf16 results, fp32 elsewhere).
+
+    Module names: `blocks.{i}.norm1`, `.attn.{to_q, to_k, to_v, to_gate, norm_q, norm_k, to_out.0}`, `.norm2`,
+    `.ff.{up_proj, down_proj}`; in modality-expert layers each of these exists once per modality under `video`,
+    `audio` and `text` (`blocks.0.video.norm1`, `blocks.0.attn.audio.to_q`, `blocks.0.ff.text.up_proj`). Use
+    `diffusers_magihuman.conversion.convert_magihuman_to_diffusers` to convert the original checkpoints. Context
+    parallelism (`_cp_plan`) is not wired up yet.
 
     Args:
         num_layers (`int`, defaults to 40): number of transformer layers.
@@ -1238,7 +1241,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         enable_attn_gating (`bool`, defaults to `True`): per-head sigmoid attention gate.
         norm_eps (`float`, defaults to `1e-6`).
         coords_style (`str`, defaults to `"v2"`): RoPE coordinates of audio/text, `"v2"` for base/distill, `"v1"` for
-            the super-resolution models (§2.5).
+            the super-resolution models.
         frame_receptive_field (`int`, defaults to 11): local-attention half window in latent frames.
         text_offset (`int`, defaults to 0): v1 text position offset.
         gelu7_intermediate_size (`int`, *optional*): defaults to `4 * hidden_size`.
@@ -1320,7 +1323,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         gelu7_width = gelu7_intermediate_size or 4 * hidden_size
         swiglu7_width = swiglu7_intermediate_size or default_swiglu7_intermediate_size(hidden_size)
 
-        # 1. Input embedders (fp32, §3.1) and RoPE.
+        # 1. Input embedders (fp32) and RoPE.
         self.video_embedder = nn.Linear(in_channels * patch_volume, hidden_size, bias=True)
         self.audio_embedder = nn.Linear(audio_in_channels, hidden_size, bias=True)
         self.text_embedder = nn.Linear(text_in_channels, hidden_size, bias=True)
@@ -1349,7 +1352,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
             ]
         )
 
-        # 3. Output heads (fp32, §3.6).
+        # 3. Output heads (fp32).
         self.norm_out_video = MagiHumanRMSNorm(hidden_size, eps=norm_eps)
         self.norm_out_audio = MagiHumanRMSNorm(hidden_size, eps=norm_eps)
         self.proj_out_video = nn.Linear(hidden_size, patch_volume * out_channels, bias=False)
@@ -1574,7 +1577,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
             audio_attention_mask (`torch.Tensor` of shape `(batch_size, audio_sequence_length)`, *optional*):
                 `True`/1 for real audio tokens. `None`: all real.
             encoder_attention_mask (`torch.Tensor` of shape `(batch_size, text_sequence_length)`, *optional*):
-                `True`/1 for real text tokens; padded rows are dropped, like the original (§2.2). `None`: all real.
+                `True`/1 for real text tokens; padded rows are dropped, like the original. `None`: all real.
             attention_kwargs (`dict`, *optional*): only `scale` (LoRA scale) is read.
             return_dict (`bool`, defaults to `True`): return a [`MagiHumanTransformerOutput`] instead of a tuple.
 
@@ -1611,7 +1614,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         num_video = grid_size[0] * grid_size[1] * grid_size[2]
         audio_len, text_len = audio_hidden_states.shape[1], encoder_hidden_states.shape[1]
 
-        # 1. Embed each modality (fp32 linears) and pack [video | real audio | real text | padding] (§2.2-2.3, §3.1).
+        # 1. Embed each modality (fp32 linears) and pack [video | real audio | real text | padding].
         video = self._embed(self.video_embedder, patchify_video(hidden_states, config.patch_size))
         audio = self._embed(self.audio_embedder, audio_hidden_states)
         text = self._embed(self.text_embedder, encoder_hidden_states)
@@ -1659,7 +1662,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
             for block in self.blocks:
                 hidden = block(hidden, rotary_emb, layout)
 
-        # 3. Output heads (fp32) and unpacking (§3.6, §2.4).
+        # 3. Output heads (fp32) and unpacking.
         video_out = hidden[:, :num_video].float()
         video_out = self.proj_out_video(
             self.norm_out_video(video_out).to(self.proj_out_video.weight.dtype)
