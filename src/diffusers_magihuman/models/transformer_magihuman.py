@@ -20,12 +20,11 @@ The original code is GAIR-NLP/daVinci-MagiHuman, ``inference/model/dit/dit_modul
 """
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin, AttentionModuleMixin
@@ -35,19 +34,28 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, apply_lora_scale, logging
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 
-from .magihuman_legacy_keys import check_not_legacy_folder
 from .attention_flash4 import flash_attention_4, flash_attention_4_supported, flash_attention_4_varlen
+from .attention_magihuman import _flex_local_attention, _upstream_local_fallback
+from .magihuman_legacy_keys import check_not_legacy_folder
+from .magihuman_packing import (  # noqa: F401  (re-exported: the public names of this module)
+    _MODALITY_PAD,
+    MODALITIES,
+    MODALITY_AUDIO,
+    MODALITY_TEXT,
+    MODALITY_VIDEO,
+    MagiHumanTokenLayout,
+    apply_per_modality,
+    apply_per_modality_multi,
+    get_magihuman_coords,
+    patchify_video,
+    unpatchify_video,
+)
+from .rope_magihuman import MagiHumanRotaryPosEmbed, apply_magihuman_rotary_emb  # noqa: F401
 
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
 
-# Modality ids of the packed sequence; they are also the expert index of the modality-expert ("mm") layers.
-MODALITY_VIDEO = 0
-MODALITY_AUDIO = 1
-MODALITY_TEXT = 2
-MODALITIES = ("video", "audio", "text")
-_MODALITY_PAD = 3  # padding rows of a batch with different lengths; they belong to no expert
 
 
 _LOCAL_ATTN_KERNELS = ("auto", "varlen", "per_frame", "flex")
@@ -164,352 +172,8 @@ def swiglu7(gate: torch.Tensor, linear: torch.Tensor, alpha: float = 1.702, limi
     return gate * torch.sigmoid(alpha * gate) * (linear + 1)
 
 
-def apply_magihuman_rotary_emb(
-    hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor
-) -> torch.Tensor:
-    r"""
-    Rotates the first `2 * freqs_cos.shape[-1]` dims of every head with split-halves pairing: for `i < R/2` the
-    pair is `(x_i, x_{i+R/2})`. The remaining head dims pass through unchanged.
-
-    Args:
-        hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, heads, head_dim)`): fp32 queries or keys.
-        freqs_cos, freqs_sin (`torch.Tensor` of shape `(batch_size, seq_len, R/2)`): the RoPE table halves.
-    """
-    half = freqs_cos.shape[-1]
-    cos, sin = freqs_cos.unsqueeze(-2), freqs_sin.unsqueeze(-2)
-    x1, x2 = hidden_states[..., :half], hidden_states[..., half : 2 * half]
-    # `x_rot * cat(cos, cos) + cat(-x2, x1) * cat(sin, sin)` written per half, without the doubled tables and the
-    # rotated copy: `a + (-b) * c` and `a - b * c` round identically, so this is bit-exact and does fewer passes.
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, hidden_states[..., 2 * half :]], dim=-1)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Packing, coordinates, token layout
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def patchify_video(hidden_states: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
-    r"""
-    Video latent to tokens, **channel-major** like the original's `UnfoldNd` im2col: token
-    `t*H'*W' + h*W' + w`, channel `((c*pT + dt)*pH + dh)*pW + dw`.
-
-    Args:
-        hidden_states (`torch.Tensor` of shape `(batch_size, channels, frames, height, width)`)
-        patch_size (`tuple[int, int, int]`): `(pT, pH, pW)`.
-
-    Returns:
-        `torch.Tensor` of shape `(batch_size, frames/pT * height/pH * width/pW, channels*pT*pH*pW)`.
-    """
-    batch_size, channels, frames, height, width = hidden_states.shape
-    p_t, p_h, p_w = patch_size
-    hidden_states = hidden_states.reshape(
-        batch_size, channels, frames // p_t, p_t, height // p_h, p_h, width // p_w, p_w
-    )
-    hidden_states = hidden_states.permute(0, 2, 4, 6, 1, 3, 5, 7)
-    return hidden_states.reshape(batch_size, (frames // p_t) * (height // p_h) * (width // p_w), -1)
-
-
-def unpatchify_video(
-    tokens: torch.Tensor, patch_size: tuple[int, int, int], grid_size: tuple[int, int, int]
-) -> torch.Tensor:
-    r"""
-    Tokens to video latent, **spatial-major** like the original's `depack_token_sequence`: the channel axis of
-    a token is read as `(pT, pH, pW, C)` with `C` fastest. This is deliberately not the inverse of [`patchify_video`]:
-    the trained `final_linear_video` rows are in that order.
-
-    Args:
-        tokens (`torch.Tensor` of shape `(batch_size, T'*H'*W', pT*pH*pW*C)`)
-        patch_size (`tuple[int, int, int]`): `(pT, pH, pW)`.
-        grid_size (`tuple[int, int, int]`): `(T', H', W')`.
-
-    Returns:
-        `torch.Tensor` of shape `(batch_size, C, T'*pT, H'*pH, W'*pW)`.
-    """
-    batch_size = tokens.shape[0]
-    p_t, p_h, p_w = patch_size
-    grid_t, grid_h, grid_w = grid_size
-    tokens = tokens.reshape(batch_size, grid_t, grid_h, grid_w, p_t, p_h, p_w, -1)
-    tokens = tokens.permute(0, 7, 1, 4, 2, 5, 3, 6)
-    return tokens.reshape(batch_size, -1, grid_t * p_t, grid_h * p_h, grid_w * p_w)
-
-
-def get_magihuman_coords(
-    grid_size: tuple[int, int, int],
-    audio_length: int,
-    text_length: int,
-    coords_style: str = "v2",
-    text_offset: int = 0,
-    temporal_patch_size: int = 1,
-    device: torch.device | None = None,
-) -> torch.Tensor:
-    r"""
-    The 9-column coordinates `(t, h, w, T, H, W, T_ref, H_ref, W_ref)` of one packed sample, fp32.
-
-    * video `(t, h, w)` on the `(T', H', W')` patch grid, reference = size ("extra" interpolation, fixed upstream);
-    * audio `i`: `(i, 0, 0)`, size `(N, 1, 1)`, reference `((N-1)//4 + 1) // pT` (v2) or `T'` (v1);
-    * text `j`: v2 `(j - n, 0, 0)` with reference 1 (zero RoPE angle), v1 `(j + text_offset, 0, 0)` with reference 2.
-
-    Args:
-        grid_size (`tuple[int, int, int]`): the video patch grid `(T', H', W')`.
-        audio_length (`int`): real audio tokens `N`.
-        text_length (`int`): real text tokens `n`.
-        coords_style (`str`): `"v2"` (base / distill) or `"v1"` (super-resolution models).
-        text_offset (`int`): v1 only, added to the text positions (0 in every release).
-        temporal_patch_size (`int`): `pT` (1 in every release).
-
-    Returns:
-        `torch.Tensor` of shape `(T'*H'*W' + N + n, 9)`.
-    """
-    grid_t, grid_h, grid_w = grid_size
-    if coords_style not in ("v1", "v2"):
-        raise ValueError(f"`coords_style` must be 'v1' or 'v2', got {coords_style!r}.")
-
-    def _axis_rows(shape, ref_shape, offset_t=0):
-        size_t, size_h, size_w = shape
-        t = torch.arange(size_t, device=device, dtype=torch.float32) + offset_t
-        h = torch.arange(size_h, device=device, dtype=torch.float32)
-        w = torch.arange(size_w, device=device, dtype=torch.float32)
-        grid = torch.stack(torch.meshgrid(t, h, w, indexing="ij"), dim=-1).reshape(-1, 3)
-        meta = torch.tensor([*shape, *ref_shape], device=device, dtype=torch.float32).expand(grid.shape[0], -1)
-        return torch.cat([grid, meta], dim=-1)
-
-    def _check_scale(name, size, ref):
-        # Upstream asserts that no RoPE scale (ref-1)/(size-1) is infinite.
-        if size == 1 and ref != 1:
-            raise ValueError(
-                f"coords_style={coords_style!r} gives an infinite RoPE scale for {name} with length 1 (reference "
-                f"extent {ref}); the original model rejects this input too. Use at least 2 {name} tokens."
-            )
-
-    rows = [_axis_rows((grid_t, grid_h, grid_w), (grid_t, grid_h, grid_w))]
-    if audio_length > 0:
-        if coords_style == "v1":
-            audio_ref = grid_t
-        else:
-            audio_ref = ((audio_length - 1) // 4 + 1) // temporal_patch_size
-        _check_scale("audio", audio_length, audio_ref)
-        rows.append(_axis_rows((audio_length, 1, 1), (audio_ref, 1, 1)))
-    if text_length > 0:
-        if coords_style == "v1":
-            text_ref, offset = 2, text_offset
-        else:
-            text_ref, offset = 1, -text_length
-        _check_scale("text", text_length, text_ref)
-        rows.append(_axis_rows((text_length, 1, 1), (text_ref, 1, 1), offset_t=offset))
-    return torch.cat(rows, dim=0)
-
-
-@dataclass
-class MagiHumanTokenLayout:
-    r"""
-    Where each modality sits in the packed `(batch_size, seq_len)` sequence. Built once per forward and shared by all
-    blocks (no tensors to learn; it only routes tokens to experts and describes the attention pattern).
-
-    Per sample the order is `[video | real audio | real text | padding]`. The video part has the same length in every
-    sample; samples shorter than `seq_len` are right-padded.
-
-    Args:
-        batch_size (`int`), seq_len (`int`): the packed shape.
-        seq_lens (`list[int]`): real tokens per sample.
-        num_video_tokens (`int`): `T'*H'*W'`.
-        num_frames (`int`): `T'`; tokens_per_frame (`int`): `H'*W'`.
-        group_sizes (`list[int]`): flattened token counts per group (video, audio, text, padding) after sorting by
-            modality.
-        permutation, inverse_permutation (`torch.Tensor` or `None`): a stable sort of the flattened `batch*seq` tokens
-            by modality and its inverse; `None` when the flattened order is already sorted (always for batch size 1).
-        frame_receptive_field (`int`): local-attention half window in latent frames (negative: unlimited).
-    """
-
-    batch_size: int
-    seq_len: int
-    seq_lens: list[int]
-    num_video_tokens: int
-    num_frames: int
-    tokens_per_frame: int
-    group_sizes: list[int]
-    permutation: torch.Tensor | None = None
-    inverse_permutation: torch.Tensor | None = None
-    frame_receptive_field: int = -1
-    _cache: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def has_padding(self) -> bool:
-        return any(length != self.seq_len for length in self.seq_lens)
-
-    def local_attention_allowed(self, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-        r"""
-        The local-attention rule of one sample, on packed token indices: a video query of frame `i` sees video
-        keys of frames `i - F .. i + F`; every query sees the audio and text keys; audio/text queries see everything.
-        """
-        num_video, per_frame, window = self.num_video_tokens, self.tokens_per_frame, self.frame_receptive_field
-        near = (q_idx // per_frame - kv_idx // per_frame).abs() <= window
-        return (q_idx >= num_video) | (kv_idx >= num_video) | near
-
-    def local_attention_mask(self, seq_len: int, device: torch.device | None = None) -> torch.Tensor:
-        r"""Dense boolean `(seq_len, seq_len)` form of [`local_attention_allowed`] (`True` = attend); for debugging."""
-        idx = torch.arange(seq_len, device=device)
-        return self.local_attention_allowed(idx[:, None], idx[None, :])
-
-    def local_block_mask(self, seq_len: int, device: torch.device):
-        r"""flex-attention `BlockMask` of [`local_attention_allowed`] for one unpadded sample, built once per forward
-        (the model builds it before the blocks run, so compiled blocks only read it)."""
-        cache_key = ("flex_local", seq_len)
-        if cache_key not in self._cache:
-            from torch.nn.attention.flex_attention import create_block_mask
-
-            def local_mask_mod(batch_idx, head_idx, q_idx, kv_idx):
-                return self.local_attention_allowed(q_idx, kv_idx)
-
-            # `_compile` evaluates the rule block by block; uncompiled, it materialises int64 index grids of
-            # seq_len**2 (~35 GB at 1080p).
-            self._cache[cache_key] = create_block_mask(
-                local_mask_mod, None, None, seq_len, seq_len, device=device, _compile=device.type == "cuda"
-            )
-        return self._cache[cache_key]
-
-    def local_varlen_plan(self, batch_size: int, seq_len: int, device: torch.device) -> dict:
-        r"""
-        The local-attention rule of [`local_attention_allowed`] as one variable-length attention call over
-        `batch_size` unpadded samples of `seq_len` tokens, flattened to `batch_size * seq_len` rows (queries stay in
-        place). Sequence `(b, i)` is the queries of video frame `i` against the keys of its window `i - F .. i + F`
-        followed by the audio/text keys; a last sequence per sample is its audio/text queries against all its keys.
-        Keys are gathered once per layer with `kv_index`. Cached; the model builds it before the blocks run.
-
-        Returns:
-            `dict` with `kv_index` (int64 `(total_k,)`), `cu_seqlens_q`, `cu_seqlens_k` (int32), `max_seqlen_q`,
-            `max_seqlen_k` (`int`).
-        """
-        cache_key = ("varlen_local", batch_size, seq_len, str(device))
-        if cache_key in self._cache:
-            return self._cache[cache_key]
-        num_video, per_frame, window = self.num_video_tokens, self.tokens_per_frame, self.frame_receptive_field
-        num_frames = num_video // per_frame
-        rest = torch.arange(num_video, seq_len)
-        every = torch.arange(seq_len)
-        pieces, q_lens, k_lens = [], [], []
-        for b in range(batch_size):
-            offset = b * seq_len
-            for frame in range(num_frames):
-                start = max(frame - window, 0) * per_frame
-                end = min(frame + window + 1, num_frames) * per_frame
-                pieces += [torch.arange(start, end) + offset, rest + offset]
-                q_lens.append(per_frame)
-                k_lens.append(end - start + len(rest))
-            if seq_len > num_video:
-                pieces.append(every + offset)
-                q_lens.append(seq_len - num_video)
-                k_lens.append(seq_len)
-
-        def offsets(lengths):
-            return torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0).to(device=device, dtype=torch.int32)
-
-        plan = {
-            "kv_index": torch.cat(pieces).to(device),
-            "cu_seqlens_q": offsets(q_lens),
-            "cu_seqlens_k": offsets(k_lens),
-            "max_seqlen_q": max(q_lens),
-            "max_seqlen_k": max(k_lens),
-        }
-        self._cache[cache_key] = plan
-        return plan
-
-    @classmethod
-    def build(
-        cls,
-        audio_lengths: list[int],
-        text_lengths: list[int],
-        grid_size: tuple[int, int, int],
-        frame_receptive_field: int,
-        device: torch.device,
-    ) -> "MagiHumanTokenLayout":
-        grid_t, grid_h, grid_w = grid_size
-        num_video = grid_t * grid_h * grid_w
-        seq_lens = [num_video + a + t for a, t in zip(audio_lengths, text_lengths)]
-        seq_len = max(seq_lens)
-        batch_size = len(seq_lens)
-        group_sizes = [
-            num_video * batch_size,
-            sum(audio_lengths),
-            sum(text_lengths),
-            sum(seq_len - length for length in seq_lens),
-        ]
-        permutation = inverse = None
-        if batch_size > 1:
-            ids = []
-            for a, t, length in zip(audio_lengths, text_lengths, seq_lens):
-                ids += [MODALITY_VIDEO] * num_video + [MODALITY_AUDIO] * a + [MODALITY_TEXT] * t
-                ids += [_MODALITY_PAD] * (seq_len - length)
-            ids = torch.tensor(ids, dtype=torch.int64)
-            permutation = torch.argsort(ids, stable=True)
-            inverse = torch.argsort(permutation)
-            permutation, inverse = permutation.to(device), inverse.to(device)
-        return cls(
-            batch_size=batch_size,
-            seq_len=seq_len,
-            seq_lens=seq_lens,
-            num_video_tokens=num_video,
-            num_frames=grid_t,
-            tokens_per_frame=grid_h * grid_w,
-            group_sizes=group_sizes,
-            permutation=permutation,
-            inverse_permutation=inverse,
-            frame_receptive_field=frame_receptive_field,
-        )
-
-
-def apply_per_modality(module, hidden_states: torch.Tensor, layout: MagiHumanTokenLayout, fn=None):
-    r"""
-    Applies a shared module, or per-modality experts (one module each for video, audio, text), to packed tokens. There
-    is no routing network: a token's expert is its modality. Padding rows get zeros.
-
-    Args:
-        module (`nn.Module` or `tuple[nn.Module, nn.Module, nn.Module]`): shared module, or the experts in the order
-            video, audio, text (see [`experts_of`]).
-        hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, ...)`)
-        layout ([`MagiHumanTokenLayout`])
-        fn (`Callable[[nn.Module, torch.Tensor], torch.Tensor]`, *optional*): how to call one module (default
-            `module(x)`).
-
-    Returns:
-        `torch.Tensor` of shape `(batch_size, seq_len, ...)`.
-    """
-    return apply_per_modality_multi([module], hidden_states, layout, fn)[0]
-
-
-def apply_per_modality_multi(modules, hidden_states: torch.Tensor, layout: MagiHumanTokenLayout, fn=None):
-    r"""
-    [`apply_per_modality`] for several modules that read the same input (e.g. `to_q`, `to_k`, `to_v`, `to_gate`):
-    the tokens are sorted by modality once for all of them.
-
-    Returns:
-        `list[torch.Tensor]`, one output per module.
-    """
-    if fn is None:
-
-        def fn(m, x):
-            return m(x)
-
-    if all(isinstance(module, nn.Module) for module in modules):
-        return [fn(module, hidden_states) for module in modules]
-
-    lead_shape = hidden_states.shape[:2]
-    flat = hidden_states.flatten(0, 1)
-    if layout.permutation is not None:
-        flat = flat.index_select(0, layout.permutation)
-    chunks = flat.split(layout.group_sizes, dim=0)[:3]  # video, audio, text (the padding rows get zeros)
-    num_pad = layout.group_sizes[3]
-    results = []
-    for module in modules:
-        outputs = [fn(expert, chunk) for expert, chunk in zip(module, chunks)]
-        if num_pad:
-            outputs.append(outputs[0].new_zeros((num_pad,) + outputs[0].shape[1:]))
-        out = torch.cat(outputs, dim=0)
-        if layout.inverse_permutation is not None:
-            out = out.index_select(0, layout.inverse_permutation)
-        results.append(out.unflatten(0, lead_shape))
-    return results
-
-
 class MagiHumanModalityExperts(nn.Module):
     r"""
     One modality's modules of a modality-expert layer (norms and linears, no forward of its own). The layer holds three,
@@ -584,45 +248,6 @@ class MagiHumanRMSNorm(nn.Module):
         hidden_states = hidden_states.float()
         hidden_states = hidden_states * torch.rsqrt(torch.mean(hidden_states**2, dim=-1, keepdim=True) + self.eps)
         return (hidden_states * (self.weight.float() + 1)).to(input_dtype)
-
-
-class MagiHumanRotaryPosEmbed(nn.Module):
-    r"""
-    Coordinate RoPE of the original (`ElementWiseFourierEmbed`): `head_dim // 8` bands per axis for the three axes
-    `(t, h, w)`, so `3/4` of each head is rotated. Angle `theta[a, k] = (pos_a - centre_a) * scale_a * band_k` with
-    `scale = (ref - 1)/(size - 1)` (1 when `ref = size = 1`) and `centre = (size - 1)/2` for `h`, `w` (0 for `t`).
-
-    The bands `theta^(-k/B)` are a persistent buffer (`rope.bands`), loaded from the checkpoint like upstream.
-
-    Args:
-        head_dim (`int`): attention head dim `D` (must be divisible by 8).
-        theta (`float`, defaults to `10000.0`).
-    """
-
-    def __init__(self, head_dim: int, theta: float = 10000.0):
-        super().__init__()
-        num_bands = head_dim // 8
-        exponent = torch.arange(0, num_bands, dtype=torch.int64).to(torch.float32) / num_bands
-        self.register_buffer("bands", 1.0 / (theta**exponent), persistent=True)
-
-    def forward(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""
-        Args:
-            coords (`torch.Tensor` of shape `(..., 9)`): see [`get_magihuman_coords`].
-
-        Returns:
-            `(freqs_cos, freqs_sin)`, each `torch.Tensor` of shape `(..., 3 * head_dim // 8)` in fp32: axes `t, h, w`
-            with the band index fastest.
-        """
-        coords = coords.float()
-        positions, sizes, refs = coords[..., :3], coords[..., 3:6], coords[..., 6:9]
-        scales = (refs - 1) / (sizes - 1)
-        scales = torch.where((refs == 1) & (sizes == 1), torch.ones_like(scales), scales)
-        centers = (sizes - 1) / 2
-        centers = torch.cat([torch.zeros_like(centers[..., :1]), centers[..., 1:]], dim=-1)  # time is not centred
-        positions = positions - centers
-        proj = positions.unsqueeze(-1) * scales.unsqueeze(-1) * self.bands.float()
-        return proj.cos().flatten(-2), proj.sin().flatten(-2)
 
 
 def _resolve_backend_name(backend) -> str:
@@ -888,68 +513,6 @@ class MagiHumanAttnProcessor:
     @staticmethod
     def _local_block_mask(query, key, layout: MagiHumanTokenLayout):
         return layout.local_block_mask(query.shape[1], query.device)
-
-
-_COMPILED_FLEX_ATTENTION = None
-
-
-def _flex_local_attention(query, key, value, block_mask) -> torch.Tensor:
-    r"""One flex-attention call `(B, S, H, D)` -> `(B, S, H, D)` under the local `BlockMask` (GQA native). Outside a
-    compiled region it runs a compiled flex kernel: eager flex would materialise the full score matrix."""
-    global _COMPILED_FLEX_ATTENTION
-    from torch.nn.attention.flex_attention import flex_attention
-
-    fn = flex_attention
-    if not torch.compiler.is_compiling():
-        if _COMPILED_FLEX_ATTENTION is None:
-            _COMPILED_FLEX_ATTENTION = torch.compile(flex_attention, dynamic=False)
-        fn = _COMPILED_FLEX_ATTENTION
-    q, k, v = (x.transpose(1, 2) for x in (query, key, value))
-    out = fn(q, k, v, block_mask=block_mask, scale=query.shape[-1] ** -0.5, enable_gqa=k.shape[1] != q.shape[1])
-    return out.transpose(1, 2)
-
-
-def _attention_with_lse(query, key, value, out_dtype=torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
-    # fp32 attention of one key range: output rounded to `out_dtype` (bf16 in the original) and fp32 log-sum-exp
-    # `[B, Lq, H]`, like a flash-attn call.
-    heads, kv_heads = query.shape[2], key.shape[2]
-    query, key, value = query.float(), key.float(), value.float()
-    if kv_heads != heads:
-        key = key.repeat_interleave(heads // kv_heads, dim=2)
-        value = value.repeat_interleave(heads // kv_heads, dim=2)
-    scores = torch.einsum("bqhd,bkhd->bhqk", query, key) * query.shape[-1] ** -0.5
-    lse = torch.logsumexp(scores, dim=-1)
-    out = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, dim=-1), value)
-    return out.to(out_dtype), lse.transpose(1, 2)
-
-
-def _upstream_local_fallback(
-    query, key, value, num_video: int, per_frame: int, window: int, out_dtype: torch.dtype = torch.bfloat16
-) -> torch.Tensor:
-    r"""
-    The original's non-Hopper local attention (`_custom_flex_flash_attn_func`): per video frame, one attention
-    over the local video window and one over the audio+text keys, each rounded to bf16, merged in fp32 by log-sum-exp
-    and rounded to bf16 again; audio/text queries attend to everything in one call. Numerically this differs from one
-    softmax only by that intermediate bf16 rounding.
-    """
-    num_frames = num_video // per_frame
-    seq_len = key.shape[1]
-    outputs = []
-    for frame in range(num_frames):
-        q = query[:, frame * per_frame : (frame + 1) * per_frame]
-        start = max(frame - window, 0) * per_frame
-        end = min(frame + window + 1, num_frames) * per_frame
-        out, lse = _attention_with_lse(q, key[:, start:end], value[:, start:end], out_dtype)
-        if seq_len > num_video:
-            out_r, lse_r = _attention_with_lse(q, key[:, num_video:], value[:, num_video:], out_dtype)
-            max_lse = torch.maximum(lse, lse_r)
-            se, se_r = torch.exp(lse - max_lse), torch.exp(lse_r - max_lse)
-            sum_se = se + se_r
-            out = out * (se / sum_se).unsqueeze(-1) + out_r * (se_r / sum_se).unsqueeze(-1)
-        outputs.append(out.to(out_dtype))
-    if seq_len > num_video:
-        outputs.append(_attention_with_lse(query[:, num_video:], key, value, out_dtype)[0])
-    return torch.cat(outputs, dim=1)
 
 
 class MagiHumanAttention(nn.Module, AttentionModuleMixin):
