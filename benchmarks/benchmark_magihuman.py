@@ -269,14 +269,13 @@ def dit_flops(model, shapes: dict, text_tokens: int) -> dict:
     )
     attention = 0
     for block in model.blocks:
-        for owner, name in (
-            (block.attn, "to_qkv"),
-            (block.attn, "to_out"),
-            (block.ff, "up_proj"),
-            (block.ff, "down_proj"),
-        ):
+        projections = [(block.attn, name) for name in ("to_q", "to_k", "to_v", "to_gate", "to_out")]
+        for owner, name in projections + [(block.ff, "up_proj"), (block.ff, "down_proj")]:
+            if name == "to_gate" and not block.attn.gate_size:
+                continue
             module = experts_of(owner, name)
             module = module if isinstance(module, torch.nn.Module) else module[0]
+            module = module[0] if isinstance(module, torch.nn.ModuleList) else module  # to_out = [Linear, Dropout]
             weight = module.weight
             linear += 2 * seq * weight.shape[0] * weight.shape[1]
         if block.attn.is_local and 0 <= window < frames - 1:

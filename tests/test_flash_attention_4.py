@@ -166,7 +166,7 @@ def test_fa4_is_inference_only_and_auto_falls_back_when_gradients_flow(fake_fa4,
     x, a, e = _inputs()
     out = model(x, a, e, return_dict=False)
     (out[0].square().mean() + out[1].square().mean()).backward()
-    assert fake_fa4 == [] and model.blocks[0].attn.to_out_video.weight.grad is not None  # SDPA took it
+    assert fake_fa4 == [] and model.blocks[0].attn.video.to_out[0].weight.grad is not None  # SDPA took it
     with torch.no_grad():
         model(x, a, e, return_dict=False)
     assert "varlen" in fake_fa4 and "dense" in fake_fa4  # inference: FA4

@@ -23,11 +23,12 @@ def test_lora_targets_experts_scales_and_round_trips(tmp_path):
     with torch.no_grad():
         ref = model(x, a, e, return_dict=False)
     config = peft.LoraConfig(
-        r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_qkv", "to_qkv_video", "to_out", "up_proj", "down_proj"]
+        r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_gate", "to_out.0", "up_proj", "down_proj"]
     )
     model.add_adapter(config)
     names = {n for n, _ in model.named_modules() if n.endswith("lora_A")}
-    assert "blocks.0.attn.to_qkv_video.lora_A" in names and "blocks.1.ff.down_proj.lora_A" in names
+    assert "blocks.0.attn.video.to_q.lora_A" in names and "blocks.1.ff.down_proj.lora_A" in names
+    assert "blocks.0.attn.text.to_out.0.lora_A" in names and "blocks.0.ff.audio.up_proj.lora_A" in names
     with torch.no_grad():
         lora = model(x, a, e, return_dict=False)
         off = model(x, a, e, attention_kwargs={"scale": 0.0}, return_dict=False)
@@ -52,7 +53,7 @@ def test_pipeline_lora_weights_load_scale_and_unload(tmp_path):
     from diffusers_magihuman.testing_utils import make_tiny_pipeline
 
     trained = make_tiny_transformer()
-    trained.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_qkv", "to_out"]))
+    trained.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     MagiHumanPipeline.save_lora_weights(tmp_path / "lora", transformer_lora_layers=get_peft_model_state_dict(trained))
 
     pipe = make_tiny_pipeline()

@@ -118,13 +118,16 @@ _TOP_LEVEL_KEYS = {
     "final_linear_video.weight": "proj_out_video.weight",
     "final_linear_audio.weight": "proj_out_audio.weight",
 }
-# original per-layer suffix -> diffusers module path inside `blocks.{i}`
+# original per-layer suffix -> diffusers module path inside `blocks.{i}` (of a shared layer; in modality-expert layers
+# the modality goes after the first atom of `attn.` / `ff.` paths and first otherwise: `attn.audio.to_q`, `video.norm1`).
+# `linear_qkv` (rows q | k | v | gate) is split into `attn.to_q`, `attn.to_k`, `attn.to_v` and `attn.to_gate`.
+_QKV_PROJECTIONS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_gate")
 _LAYER_KEYS = {
     "attention.pre_norm.weight": "norm1",
     "attention.linear_qkv.weight": "attn.to_qkv",
     "attention.q_norm.weight": "attn.norm_q",
     "attention.k_norm.weight": "attn.norm_k",
-    "attention.linear_proj.weight": "attn.to_out",
+    "attention.linear_proj.weight": "attn.to_out.0",
     "mlp.pre_norm.weight": "norm2",
     "mlp.up_gate_proj.weight": "ff.up_proj",
     "mlp.down_proj.weight": "ff.down_proj",
@@ -357,6 +360,32 @@ def _pad_columns(weight: torch.Tensor, width: int, padded: int) -> torch.Tensor:
     return torch.cat([weight, weight.new_zeros((weight.shape[0], padded - width))], dim=1)
 
 
+def _expert_path(module: str, modality: str | None) -> str:
+    # "attn.to_q" -> "attn.audio.to_q"; "norm1" -> "video.norm1"; shared layers (modality None) keep the path.
+    if modality is None:
+        return module
+    atoms = module.split(".")
+    if len(atoms) > 1 and atoms[0] in ("attn", "ff"):
+        return ".".join([atoms[0], modality] + atoms[1:])
+    return ".".join([modality] + atoms)
+
+
+def _split_expert_path(path: str) -> tuple[str, str | None]:
+    # The inverse of `_expert_path`: "attn.audio.to_q" -> ("attn.to_q", "audio").
+    atoms = path.split(".")
+    for position in (0, 1):
+        if len(atoms) > position and atoms[position] in MODALITIES:
+            return ".".join(atoms[:position] + atoms[position + 1 :]), atoms[position]
+    return path, None
+
+
+def _qkv_sizes(config: Mapping) -> list[int]:
+    head_dim = config.get("head_dim", 128)
+    heads, kv_heads = config.get("num_attention_heads", 40), config.get("num_key_value_heads", 8)
+    gate = heads if config.get("enable_attn_gating", True) else 0
+    return [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim, gate]
+
+
 def convert_to_original_state_dict(state_dict: Mapping[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     """
     The inverse of [`convert_state_dict`]: diffusers keys and layout back to the original checkpoint's.
@@ -372,6 +401,7 @@ def convert_to_original_state_dict(state_dict: Mapping[str, torch.Tensor], confi
     inverse_top = {value: key for key, value in _TOP_LEVEL_KEYS.items()}
     gelu7_layers = set(config.get("gelu7_layers", []))
     width, padded = _swiglu_sizes(config)
+    qkv_sizes = _qkv_sizes(config)
     original: dict[str, torch.Tensor] = {}
     grouped: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, tensor in state_dict.items():
@@ -379,21 +409,24 @@ def convert_to_original_state_dict(state_dict: Mapping[str, torch.Tensor], confi
             original[inverse_top[key]] = tensor
             continue
         parts = key.split(".")
-        if parts[0] != "blocks" or parts[-1] != "weight":
+        if parts[0] != "blocks" or parts[-1] != "weight" or len(parts) < 4:
             raise CheckpointConversionError(f"Unexpected diffusers key {key!r}.")
-        layer, inner = int(parts[1]), parts[2:-1]
-        expert = None
-        for modality in MODALITIES:
-            if inner[-1].endswith(f"_{modality}"):
-                expert, inner = modality, inner[:-1] + [inner[-1][: -len(modality) - 1]]
-        grouped.setdefault((layer, ".".join(inner)), {})[expert] = tensor
+        layer = int(parts[1])
+        module, expert = _split_expert_path(".".join(parts[2:-1]))
+        if module in _QKV_PROJECTIONS:
+            grouped.setdefault((layer, "attn.to_qkv"), {}).setdefault(expert, {})[module] = tensor
+        else:
+            grouped.setdefault((layer, module), {})[expert] = tensor
 
     for (layer, module), experts in grouped.items():
         suffix = _LAYER_KEYS_INVERSE.get(module)
         if suffix is None:
             raise CheckpointConversionError(f"Unexpected diffusers module blocks.{layer}.{module}.")
         tensors = [experts[None]] if None in experts else [experts[name] for name in MODALITIES]
-        if layer not in gelu7_layers and module == "ff.up_proj":
+        if module == "attn.to_qkv":
+            names = [name for name, size in zip(_QKV_PROJECTIONS, qkv_sizes) if size]
+            tensors = [torch.cat([parts[name] for name in names], dim=0) for parts in tensors]
+        elif layer not in gelu7_layers and module == "ff.up_proj":
             tensors = [_interleave_up(t, width, padded) for t in tensors]
         elif layer not in gelu7_layers and module == "ff.down_proj":
             tensors = [t[:, :width] for t in tensors]
@@ -454,6 +487,7 @@ def convert_state_dict(original_state_dict: Mapping[str, torch.Tensor], config) 
     mm_layers = set(config["mm_layers"])
     gelu7_layers = set(config["gelu7_layers"])
     width, padded = _swiglu_sizes(config)
+    qkv_sizes = _qkv_sizes(config)
     converted: dict[str, torch.Tensor] = {}
     for key, tensor in original_state_dict.items():
         if key in _TOP_LEVEL_KEYS:
@@ -467,11 +501,15 @@ def convert_state_dict(original_state_dict: Mapping[str, torch.Tensor], config) 
             experts = [_deinterleave_up(t, width, padded) for t in experts]
         elif layer not in gelu7_layers and module == "ff.down_proj":
             experts = [_pad_columns(t, width, padded) for t in experts]
-        if layer in mm_layers:
-            for name, expert in zip(MODALITIES, experts):
-                converted[f"blocks.{layer}.{module}_{name}.weight"] = expert.clone()
-        else:
-            converted[f"blocks.{layer}.{module}.weight"] = experts[0].contiguous()
+        modalities = MODALITIES if layer in mm_layers else (None,)
+        for modality, expert in zip(modalities, experts):
+            if module == "attn.to_qkv":  # rows q | k | v | gate -> one projection each
+                pieces = zip(_QKV_PROJECTIONS, expert.split(qkv_sizes, dim=0), qkv_sizes)
+                for name, piece, size in pieces:
+                    if size:
+                        converted[f"blocks.{layer}.{_expert_path(name, modality)}.weight"] = piece.clone()
+            else:
+                converted[f"blocks.{layer}.{_expert_path(module, modality)}.weight"] = expert.clone()
 
     if set(converted) != set(model_shapes) or any(tuple(converted[k].shape) != model_shapes[k] for k in converted):
         raise CheckpointConversionError("Internal error: converted keys/shapes do not match the model; please report.")

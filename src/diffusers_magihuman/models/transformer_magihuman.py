@@ -15,16 +15,16 @@
 
 The model packs a video latent, an audio latent and text embeddings into one token sequence (video, then audio, then
 the real text rows), runs a stack of pre-norm transformer layers over it and unpacks the video and audio predictions.
-Section numbers in comments (``§3.4``) refer to the project's DiT spec (``spec/dit.md``), which describes the original
-code (GAIR-NLP/daVinci-MagiHuman, ``inference/model/dit/dit_module.py`` and ``inference/pipeline/data_proxy.py``).
+The original code is GAIR-NLP/daVinci-MagiHuman, ``inference/model/dit/dit_module.py`` and
+``inference/pipeline/data_proxy.py``; comments say where this port follows it on purpose.
 """
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin, AttentionModuleMixin
@@ -35,21 +35,28 @@ from diffusers.utils import BaseOutput, apply_lora_scale, logging
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 
 from .attention_flash4 import flash_attention_4, flash_attention_4_supported, flash_attention_4_varlen
+from .attention_magihuman import _flex_local_attention, _upstream_local_fallback
+from .magihuman_legacy_keys import check_not_legacy_folder
+from .magihuman_packing import (  # noqa: F401  (re-exported: the public names of this module)
+    _MODALITY_PAD,
+    MODALITIES,
+    MODALITY_AUDIO,
+    MODALITY_TEXT,
+    MODALITY_VIDEO,
+    MagiHumanTokenLayout,
+    apply_per_modality,
+    apply_per_modality_multi,
+    get_magihuman_coords,
+    patchify_video,
+    unpatchify_video,
+)
+from .rope_magihuman import MagiHumanRotaryPosEmbed, apply_magihuman_rotary_emb  # noqa: F401
 
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
 
-# Modality ids of the packed sequence; they are also the expert index of the modality-expert ("mm") layers (§2.2).
-MODALITY_VIDEO = 0
-MODALITY_AUDIO = 1
-MODALITY_TEXT = 2
-MODALITIES = ("video", "audio", "text")
-_MODALITY_PAD = 3  # padding rows of a batch with different lengths; they belong to no expert
 
-# Every block linear computes in bf16 and rounds its output to bf16, whatever the weight dtype (§3.7). The original
-# has no switch for this.
-_BLOCK_COMPUTE_DTYPE = torch.bfloat16
 
 _LOCAL_ATTN_KERNELS = ("auto", "varlen", "per_frame", "flex")
 
@@ -96,44 +103,68 @@ def _is_plain_linear(module: nn.Module) -> bool:
     return type(module) is nn.Linear and not hasattr(module, "_hf_hook") and not hasattr(module, "_diffusers_hook")
 
 
-def bf16_compute_linear(module: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+def linear_compute_dtype(module: nn.Module) -> torch.dtype | None:
     r"""
-    Applies a block linear the way the original does (§3.7): input and weight in bf16, fp32 accumulation inside the
-    kernel, **bf16 result**.
+    The dtype a block linear computes in: the compute dtype of a layerwise-casting hook, else that of the wrapped
+    layer (PEFT's `base_layer`), else the floating dtype of its weight (a `compute_dtype` attribute for quantized
+    layers such as GGUF's). `None` when unknown (e.g. 4-bit storage): the input is then passed unchanged.
+    """
+    registry = getattr(module, "_diffusers_hook", None)
+    if registry is not None:
+        hook = registry.get_hook("layerwise_casting")
+        if hook is not None:
+            return hook.compute_dtype
+    base_layer = getattr(module, "base_layer", None)
+    if isinstance(base_layer, nn.Module):
+        return linear_compute_dtype(base_layer)
+    compute_dtype = getattr(module, "compute_dtype", None)
+    if isinstance(compute_dtype, torch.dtype):
+        return compute_dtype
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dtype.is_floating_point and weight.dtype.itemsize >= 2:
+        return weight.dtype
+    return None
 
-    Weights stored in another dtype (e.g. a model loaded with `dtype=torch.float32`) are cast to bf16 on every call, as
-    upstream does, so the numerics do not depend on the storage dtype. Wrapped modules (PEFT LoRA layers, quantized
-    linears, layerwise-casting hooks) are called as modules on the bf16 input.
+
+def apply_linear(module: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    r"""
+    Calls a block linear in the dtype of its weights (see [`linear_compute_dtype`]): the input is cast to it and the
+    result stays in it. With bf16 weights this is the original's arithmetic (bf16 inputs and weights, fp32 accumulation
+    inside the kernel, bf16 result); fp32 / fp16 weights, layerwise casting and adapters compute in their own dtype.
 
     Args:
-        module (`nn.Module`): an `nn.Linear` (or a drop-in replacement).
+        module (`nn.Module`): an `nn.Linear` or a drop-in replacement (PEFT, quantized, hooked).
         hidden_states (`torch.Tensor` of shape `(..., in_features)`): any floating dtype.
 
     Returns:
-        `torch.Tensor` of shape `(..., out_features)` in bf16.
+        `torch.Tensor` of shape `(..., out_features)` in the compute dtype.
     """
-    hidden_states = hidden_states.to(_BLOCK_COMPUTE_DTYPE)
-    weight = getattr(module, "weight", None)
-    if (
-        weight is not None
-        and weight.dtype != _BLOCK_COMPUTE_DTYPE
-        and weight.dtype.is_floating_point
-        and _is_plain_linear(module)
-    ):
-        bias = None if module.bias is None else module.bias.to(_BLOCK_COMPUTE_DTYPE)
-        return F.linear(hidden_states, weight.to(_BLOCK_COMPUTE_DTYPE), bias)
-    return module(hidden_states).to(_BLOCK_COMPUTE_DTYPE)
+    dtype = linear_compute_dtype(module)
+    if dtype is not None:
+        hidden_states = hidden_states.to(dtype)
+    return module(hidden_states)
+
+
+def experts_compute_dtype(owner: nn.Module, name: str, default: torch.dtype) -> torch.dtype:
+    r"""Compute dtype of the linear `owner.<name>` (the video expert in modality-expert layers), or `default`."""
+    module = experts_of(owner, name)
+    if not isinstance(module, nn.Module):
+        module = module[0]
+    if isinstance(module, nn.ModuleList):  # `to_out = [Linear, Dropout]`
+        module = module[0]
+    dtype = linear_compute_dtype(module)
+    return default if dtype is None else dtype
 
 
 def gelu7(hidden_states: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
-    r"""`z * sigmoid(1.702 z)` with `z = min(x, 7)`, in fp32 (§3.5). No lower clamp."""
+    r"""`z * sigmoid(1.702 z)` with `z = min(x, 7)`, in fp32. No lower clamp."""
     hidden_states = hidden_states.float().clamp(max=limit)
     return hidden_states * torch.sigmoid(alpha * hidden_states)
 
 
 def swiglu7(gate: torch.Tensor, linear: torch.Tensor, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
     r"""
-    GPT-OSS style clamped SwiGLU in fp32 (§3.5): `g' sigmoid(1.702 g') (l' + 1)` with `g' = min(g, 7)` and
+    GPT-OSS style clamped SwiGLU in fp32: `g' sigmoid(1.702 g') (l' + 1)` with `g' = min(g, 7)` and
     `l' = clamp(l, -7, 7)`. Note the **+1** on the linear branch.
     """
     gate = gate.float().clamp(max=limit)
@@ -141,364 +172,51 @@ def swiglu7(gate: torch.Tensor, linear: torch.Tensor, alpha: float = 1.702, limi
     return gate * torch.sigmoid(alpha * gate) * (linear + 1)
 
 
-def apply_magihuman_rotary_emb(
-    hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor
-) -> torch.Tensor:
-    r"""
-    Rotates the first `2 * freqs_cos.shape[-1]` dims of every head with split-halves pairing (§5): for `i < R/2` the
-    pair is `(x_i, x_{i+R/2})`. The remaining head dims pass through unchanged.
-
-    Args:
-        hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, heads, head_dim)`): fp32 queries or keys.
-        freqs_cos, freqs_sin (`torch.Tensor` of shape `(batch_size, seq_len, R/2)`): the RoPE table halves.
-    """
-    half = freqs_cos.shape[-1]
-    cos, sin = freqs_cos.unsqueeze(-2), freqs_sin.unsqueeze(-2)
-    x1, x2 = hidden_states[..., :half], hidden_states[..., half : 2 * half]
-    # `x_rot * cat(cos, cos) + cat(-x2, x1) * cat(sin, sin)` written per half, without the doubled tables and the
-    # rotated copy: `a + (-b) * c` and `a - b * c` round identically, so this is bit-exact and does fewer passes.
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, hidden_states[..., 2 * half :]], dim=-1)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Packing, coordinates, token layout
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def patchify_video(hidden_states: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
+class MagiHumanModalityExperts(nn.Module):
     r"""
-    Video latent to tokens, **channel-major** like the original's `UnfoldNd` im2col (§2.3): token
-    `t*H'*W' + h*W' + w`, channel `((c*pT + dt)*pH + dh)*pW + dw`.
-
-    Args:
-        hidden_states (`torch.Tensor` of shape `(batch_size, channels, frames, height, width)`)
-        patch_size (`tuple[int, int, int]`): `(pT, pH, pW)`.
-
-    Returns:
-        `torch.Tensor` of shape `(batch_size, frames/pT * height/pH * width/pW, channels*pT*pH*pW)`.
+    One modality's modules of a modality-expert layer (norms and linears, no forward of its own). The layer holds three,
+    named `video`, `audio` and `text`, so an expert's path ends like the shared module's (`blocks.0.attn.video.to_q`
+    vs `blocks.1.attn.to_q`) and the usual LoRA target lists (`["to_q", "to_k", "to_v", "to_out.0"]`) reach it.
     """
-    batch_size, channels, frames, height, width = hidden_states.shape
-    p_t, p_h, p_w = patch_size
-    hidden_states = hidden_states.reshape(
-        batch_size, channels, frames // p_t, p_t, height // p_h, p_h, width // p_w, p_w
-    )
-    hidden_states = hidden_states.permute(0, 2, 4, 6, 1, 3, 5, 7)
-    return hidden_states.reshape(batch_size, (frames // p_t) * (height // p_h) * (width // p_w), -1)
-
-
-def unpatchify_video(
-    tokens: torch.Tensor, patch_size: tuple[int, int, int], grid_size: tuple[int, int, int]
-) -> torch.Tensor:
-    r"""
-    Tokens to video latent, **spatial-major** like the original's `depack_token_sequence` (§2.4): the channel axis of
-    a token is read as `(pT, pH, pW, C)` with `C` fastest. This is deliberately not the inverse of [`patchify_video`]:
-    the trained `final_linear_video` rows are in that order.
-
-    Args:
-        tokens (`torch.Tensor` of shape `(batch_size, T'*H'*W', pT*pH*pW*C)`)
-        patch_size (`tuple[int, int, int]`): `(pT, pH, pW)`.
-        grid_size (`tuple[int, int, int]`): `(T', H', W')`.
-
-    Returns:
-        `torch.Tensor` of shape `(batch_size, C, T'*pT, H'*pH, W'*pW)`.
-    """
-    batch_size = tokens.shape[0]
-    p_t, p_h, p_w = patch_size
-    grid_t, grid_h, grid_w = grid_size
-    tokens = tokens.reshape(batch_size, grid_t, grid_h, grid_w, p_t, p_h, p_w, -1)
-    tokens = tokens.permute(0, 7, 1, 4, 2, 5, 3, 6)
-    return tokens.reshape(batch_size, -1, grid_t * p_t, grid_h * p_h, grid_w * p_w)
-
-
-def get_magihuman_coords(
-    grid_size: tuple[int, int, int],
-    audio_length: int,
-    text_length: int,
-    coords_style: str = "v2",
-    text_offset: int = 0,
-    temporal_patch_size: int = 1,
-    device: torch.device | None = None,
-) -> torch.Tensor:
-    r"""
-    The 9-column coordinates `(t, h, w, T, H, W, T_ref, H_ref, W_ref)` of one packed sample (§2.5), fp32.
-
-    * video `(t, h, w)` on the `(T', H', W')` patch grid, reference = size ("extra" interpolation, fixed upstream);
-    * audio `i`: `(i, 0, 0)`, size `(N, 1, 1)`, reference `((N-1)//4 + 1) // pT` (v2) or `T'` (v1);
-    * text `j`: v2 `(j - n, 0, 0)` with reference 1 (zero RoPE angle), v1 `(j + text_offset, 0, 0)` with reference 2.
-
-    Args:
-        grid_size (`tuple[int, int, int]`): the video patch grid `(T', H', W')`.
-        audio_length (`int`): real audio tokens `N`.
-        text_length (`int`): real text tokens `n`.
-        coords_style (`str`): `"v2"` (base / distill) or `"v1"` (super-resolution models).
-        text_offset (`int`): v1 only, added to the text positions (0 in every release).
-        temporal_patch_size (`int`): `pT` (1 in every release).
-
-    Returns:
-        `torch.Tensor` of shape `(T'*H'*W' + N + n, 9)`.
-    """
-    grid_t, grid_h, grid_w = grid_size
-    if coords_style not in ("v1", "v2"):
-        raise ValueError(f"`coords_style` must be 'v1' or 'v2', got {coords_style!r}.")
-
-    def _axis_rows(shape, ref_shape, offset_t=0):
-        size_t, size_h, size_w = shape
-        t = torch.arange(size_t, device=device, dtype=torch.float32) + offset_t
-        h = torch.arange(size_h, device=device, dtype=torch.float32)
-        w = torch.arange(size_w, device=device, dtype=torch.float32)
-        grid = torch.stack(torch.meshgrid(t, h, w, indexing="ij"), dim=-1).reshape(-1, 3)
-        meta = torch.tensor([*shape, *ref_shape], device=device, dtype=torch.float32).expand(grid.shape[0], -1)
-        return torch.cat([grid, meta], dim=-1)
-
-    def _check_scale(name, size, ref):
-        # Upstream asserts that no RoPE scale (ref-1)/(size-1) is infinite (§2.5).
-        if size == 1 and ref != 1:
-            raise ValueError(
-                f"coords_style={coords_style!r} gives an infinite RoPE scale for {name} with length 1 (reference "
-                f"extent {ref}); the original model rejects this input too. Use at least 2 {name} tokens."
-            )
-
-    rows = [_axis_rows((grid_t, grid_h, grid_w), (grid_t, grid_h, grid_w))]
-    if audio_length > 0:
-        if coords_style == "v1":
-            audio_ref = grid_t
-        else:
-            audio_ref = ((audio_length - 1) // 4 + 1) // temporal_patch_size
-        _check_scale("audio", audio_length, audio_ref)
-        rows.append(_axis_rows((audio_length, 1, 1), (audio_ref, 1, 1)))
-    if text_length > 0:
-        if coords_style == "v1":
-            text_ref, offset = 2, text_offset
-        else:
-            text_ref, offset = 1, -text_length
-        _check_scale("text", text_length, text_ref)
-        rows.append(_axis_rows((text_length, 1, 1), (text_ref, 1, 1), offset_t=offset))
-    return torch.cat(rows, dim=0)
-
-
-@dataclass
-class MagiHumanTokenLayout:
-    r"""
-    Where each modality sits in the packed `(batch_size, seq_len)` sequence. Built once per forward and shared by all
-    blocks (no tensors to learn; it only routes tokens to experts and describes the attention pattern).
-
-    Per sample the order is `[video | real audio | real text | padding]`. The video part has the same length in every
-    sample; samples shorter than `seq_len` are right-padded.
-
-    Args:
-        batch_size (`int`), seq_len (`int`): the packed shape.
-        seq_lens (`list[int]`): real tokens per sample.
-        num_video_tokens (`int`): `T'*H'*W'`.
-        num_frames (`int`): `T'`; tokens_per_frame (`int`): `H'*W'`.
-        group_sizes (`list[int]`): flattened token counts per group (video, audio, text, padding) after sorting by
-            modality.
-        permutation, inverse_permutation (`torch.Tensor` or `None`): a stable sort of the flattened `batch*seq` tokens
-            by modality and its inverse; `None` when the flattened order is already sorted (always for batch size 1).
-        frame_receptive_field (`int`): local-attention half window in latent frames (negative: unlimited).
-    """
-
-    batch_size: int
-    seq_len: int
-    seq_lens: list[int]
-    num_video_tokens: int
-    num_frames: int
-    tokens_per_frame: int
-    group_sizes: list[int]
-    permutation: torch.Tensor | None = None
-    inverse_permutation: torch.Tensor | None = None
-    frame_receptive_field: int = -1
-    _cache: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def has_padding(self) -> bool:
-        return any(length != self.seq_len for length in self.seq_lens)
-
-    def local_attention_allowed(self, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-        r"""
-        The local-attention rule of one sample (§6), on packed token indices: a video query of frame `i` sees video
-        keys of frames `i - F .. i + F`; every query sees the audio and text keys; audio/text queries see everything.
-        """
-        num_video, per_frame, window = self.num_video_tokens, self.tokens_per_frame, self.frame_receptive_field
-        near = (q_idx // per_frame - kv_idx // per_frame).abs() <= window
-        return (q_idx >= num_video) | (kv_idx >= num_video) | near
-
-    def local_attention_mask(self, seq_len: int, device: torch.device | None = None) -> torch.Tensor:
-        r"""Dense boolean `(seq_len, seq_len)` form of [`local_attention_allowed`] (`True` = attend); for debugging."""
-        idx = torch.arange(seq_len, device=device)
-        return self.local_attention_allowed(idx[:, None], idx[None, :])
-
-    def local_block_mask(self, seq_len: int, device: torch.device):
-        r"""flex-attention `BlockMask` of [`local_attention_allowed`] for one unpadded sample, built once per forward
-        (the model builds it before the blocks run, so compiled blocks only read it)."""
-        cache_key = ("flex_local", seq_len)
-        if cache_key not in self._cache:
-            from torch.nn.attention.flex_attention import create_block_mask
-
-            def local_mask_mod(batch_idx, head_idx, q_idx, kv_idx):
-                return self.local_attention_allowed(q_idx, kv_idx)
-
-            # `_compile` evaluates the rule block by block; uncompiled, it materialises int64 index grids of
-            # seq_len**2 (~35 GB at 1080p).
-            self._cache[cache_key] = create_block_mask(
-                local_mask_mod, None, None, seq_len, seq_len, device=device, _compile=device.type == "cuda"
-            )
-        return self._cache[cache_key]
-
-    def local_varlen_plan(self, batch_size: int, seq_len: int, device: torch.device) -> dict:
-        r"""
-        The local-attention rule of [`local_attention_allowed`] as one variable-length attention call over
-        `batch_size` unpadded samples of `seq_len` tokens, flattened to `batch_size * seq_len` rows (queries stay in
-        place). Sequence `(b, i)` is the queries of video frame `i` against the keys of its window `i - F .. i + F`
-        followed by the audio/text keys; a last sequence per sample is its audio/text queries against all its keys.
-        Keys are gathered once per layer with `kv_index`. Cached; the model builds it before the blocks run.
-
-        Returns:
-            `dict` with `kv_index` (int64 `(total_k,)`), `cu_seqlens_q`, `cu_seqlens_k` (int32), `max_seqlen_q`,
-            `max_seqlen_k` (`int`).
-        """
-        cache_key = ("varlen_local", batch_size, seq_len, str(device))
-        if cache_key in self._cache:
-            return self._cache[cache_key]
-        num_video, per_frame, window = self.num_video_tokens, self.tokens_per_frame, self.frame_receptive_field
-        num_frames = num_video // per_frame
-        rest = torch.arange(num_video, seq_len)
-        every = torch.arange(seq_len)
-        pieces, q_lens, k_lens = [], [], []
-        for b in range(batch_size):
-            offset = b * seq_len
-            for frame in range(num_frames):
-                start = max(frame - window, 0) * per_frame
-                end = min(frame + window + 1, num_frames) * per_frame
-                pieces += [torch.arange(start, end) + offset, rest + offset]
-                q_lens.append(per_frame)
-                k_lens.append(end - start + len(rest))
-            if seq_len > num_video:
-                pieces.append(every + offset)
-                q_lens.append(seq_len - num_video)
-                k_lens.append(seq_len)
-
-        def offsets(lengths):
-            return torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0).to(device=device, dtype=torch.int32)
-
-        plan = {
-            "kv_index": torch.cat(pieces).to(device),
-            "cu_seqlens_q": offsets(q_lens),
-            "cu_seqlens_k": offsets(k_lens),
-            "max_seqlen_q": max(q_lens),
-            "max_seqlen_k": max(k_lens),
-        }
-        self._cache[cache_key] = plan
-        return plan
-
-    @classmethod
-    def build(
-        cls,
-        audio_lengths: list[int],
-        text_lengths: list[int],
-        grid_size: tuple[int, int, int],
-        frame_receptive_field: int,
-        device: torch.device,
-    ) -> "MagiHumanTokenLayout":
-        grid_t, grid_h, grid_w = grid_size
-        num_video = grid_t * grid_h * grid_w
-        seq_lens = [num_video + a + t for a, t in zip(audio_lengths, text_lengths)]
-        seq_len = max(seq_lens)
-        batch_size = len(seq_lens)
-        group_sizes = [
-            num_video * batch_size,
-            sum(audio_lengths),
-            sum(text_lengths),
-            sum(seq_len - length for length in seq_lens),
-        ]
-        permutation = inverse = None
-        if batch_size > 1:
-            ids = []
-            for a, t, length in zip(audio_lengths, text_lengths, seq_lens):
-                ids += [MODALITY_VIDEO] * num_video + [MODALITY_AUDIO] * a + [MODALITY_TEXT] * t
-                ids += [_MODALITY_PAD] * (seq_len - length)
-            ids = torch.tensor(ids, dtype=torch.int64)
-            permutation = torch.argsort(ids, stable=True)
-            inverse = torch.argsort(permutation)
-            permutation, inverse = permutation.to(device), inverse.to(device)
-        return cls(
-            batch_size=batch_size,
-            seq_len=seq_len,
-            seq_lens=seq_lens,
-            num_video_tokens=num_video,
-            num_frames=grid_t,
-            tokens_per_frame=grid_h * grid_w,
-            group_sizes=group_sizes,
-            permutation=permutation,
-            inverse_permutation=inverse,
-            frame_receptive_field=frame_receptive_field,
-        )
-
-
-def apply_per_modality(module, hidden_states: torch.Tensor, layout: MagiHumanTokenLayout, fn=None):
-    r"""
-    Applies a shared module, or per-modality experts (one module each for video, audio, text), to packed tokens
-    (§3.2). There is no routing network: a token's expert is its modality. Padding rows get zeros.
-
-    Args:
-        module (`nn.Module` or `tuple[nn.Module, nn.Module, nn.Module]`): shared module, or the experts in the order
-            video, audio, text (see [`experts_of`]).
-        hidden_states (`torch.Tensor` of shape `(batch_size, seq_len, ...)`)
-        layout ([`MagiHumanTokenLayout`])
-        fn (`Callable[[nn.Module, torch.Tensor], torch.Tensor]`, *optional*): how to call one module (default
-            `module(x)`).
-
-    Returns:
-        `torch.Tensor` of shape `(batch_size, seq_len, ...)`.
-    """
-    if fn is None:
-
-        def fn(m, x):
-            return m(x)
-
-    if isinstance(module, nn.Module):
-        return fn(module, hidden_states)
-
-    lead_shape = hidden_states.shape[:2]
-    flat = hidden_states.flatten(0, 1)
-    if layout.permutation is not None:
-        flat = flat.index_select(0, layout.permutation)
-    chunks = flat.split(layout.group_sizes, dim=0)
-    outputs = [fn(expert, chunk) for expert, chunk in zip(module, chunks)]
-    num_pad = layout.group_sizes[3]
-    if num_pad:
-        outputs.append(outputs[0].new_zeros((num_pad,) + outputs[0].shape[1:]))
-    out = torch.cat(outputs, dim=0)
-    if layout.inverse_permutation is not None:
-        out = out.index_select(0, layout.inverse_permutation)
-    return out.unflatten(0, lead_shape)
 
 
 def _add_modules(owner: nn.Module, name: str, factory, num_experts: int) -> None:
-    # Shared layers get `name`; modality-expert layers get siblings `name_video`, `name_audio`, `name_text` (like
-    # diffusers' `to_q` / `add_q_proj`), each a real module, so PEFT target names, quantizers and layerwise casting
-    # see plain `nn.Linear`s and a target such as "to_qkv" never hits a container.
+    # Shared layers get `owner.<name>`; modality-expert layers get `owner.video.<name>`, `owner.audio.<name>`,
+    # `owner.text.<name>`, each a real module, so PEFT targets, quantizers and layerwise casting see plain
+    # `nn.Linear`s.
     if num_experts == 1:
         owner.add_module(name, factory())
-    else:
-        for modality in MODALITIES:
-            owner.add_module(f"{name}_{modality}", factory())
+        return
+    for modality in MODALITIES:
+        if modality not in owner._modules:
+            owner.add_module(modality, MagiHumanModalityExperts())
+        owner._modules[modality].add_module(name, factory())
 
 
 def experts_of(owner: nn.Module, name: str):
-    r"""The shared module `owner.<name>`, or the experts `(owner.<name>_video, owner.<name>_audio, owner.<name>_text)`.
+    r"""The shared module `owner.<name>`, or the experts `(owner.video.<name>, owner.audio.<name>, owner.text.<name>)`.
 
     Returns:
         `nn.Module` or `tuple[nn.Module, nn.Module, nn.Module]`.
     """
     if name in owner._modules:
         return owner._modules[name]
-    return tuple(owner._modules[f"{name}_{modality}"] for modality in MODALITIES)
+    return tuple(owner._modules[modality]._modules[name] for modality in MODALITIES)
+
+
+def _apply_out(module: nn.ModuleList, hidden_states: torch.Tensor) -> torch.Tensor:
+    # `to_out = ModuleList([Linear, Dropout])`, as in diffusers' `Attention`.
+    return module[1](apply_linear(module[0], hidden_states))
+
+
+def _out_factory(in_features: int, out_features: int):
+    return lambda: nn.ModuleList([nn.Linear(in_features, out_features, bias=False), nn.Dropout(0.0)])
 
 
 def _linear_factory(in_features: int, out_features: int):
-    # Block linears are created in bf16 like upstream's (§3.8: "block weights are created as bf16 parameters"), so
-    # `from_pretrained` without `dtype=` keeps the released bf16 weights as they are.
-    return lambda: nn.Linear(in_features, out_features, bias=False, dtype=_BLOCK_COMPUTE_DTYPE)
+    return lambda: nn.Linear(in_features, out_features, bias=False)
 
 
 def _norm_factory(dim: int, eps: float):
@@ -512,7 +230,7 @@ def _norm_factory(dim: int, eps: float):
 
 class MagiHumanRMSNorm(nn.Module):
     r"""
-    RMSNorm whose weight is stored **as an offset from 1** (§3.3): `y = rms(x) * (1 + weight)`, math in fp32, result
+    RMSNorm whose weight is stored **as an offset from 1**: `y = rms(x) * (1 + weight)`, math in fp32, result
     in the input dtype. A fresh norm (zero weight) is the identity scale.
 
     Args:
@@ -532,45 +250,6 @@ class MagiHumanRMSNorm(nn.Module):
         return (hidden_states * (self.weight.float() + 1)).to(input_dtype)
 
 
-class MagiHumanRotaryPosEmbed(nn.Module):
-    r"""
-    Coordinate RoPE of the original (`ElementWiseFourierEmbed`, §5): `head_dim // 8` bands per axis for the three axes
-    `(t, h, w)`, so `3/4` of each head is rotated. Angle `theta[a, k] = (pos_a - centre_a) * scale_a * band_k` with
-    `scale = (ref - 1)/(size - 1)` (1 when `ref = size = 1`) and `centre = (size - 1)/2` for `h`, `w` (0 for `t`).
-
-    The bands `theta^(-k/B)` are a persistent buffer (`rope.bands`), loaded from the checkpoint like upstream.
-
-    Args:
-        head_dim (`int`): attention head dim `D` (must be divisible by 8).
-        theta (`float`, defaults to `10000.0`).
-    """
-
-    def __init__(self, head_dim: int, theta: float = 10000.0):
-        super().__init__()
-        num_bands = head_dim // 8
-        exponent = torch.arange(0, num_bands, dtype=torch.int64).to(torch.float32) / num_bands
-        self.register_buffer("bands", 1.0 / (theta**exponent), persistent=True)
-
-    def forward(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""
-        Args:
-            coords (`torch.Tensor` of shape `(..., 9)`): see [`get_magihuman_coords`].
-
-        Returns:
-            `(freqs_cos, freqs_sin)`, each `torch.Tensor` of shape `(..., 3 * head_dim // 8)` in fp32: axes `t, h, w`
-            with the band index fastest.
-        """
-        coords = coords.float()
-        positions, sizes, refs = coords[..., :3], coords[..., 3:6], coords[..., 6:9]
-        scales = (refs - 1) / (sizes - 1)
-        scales = torch.where((refs == 1) & (sizes == 1), torch.ones_like(scales), scales)
-        centers = (sizes - 1) / 2
-        centers = torch.cat([torch.zeros_like(centers[..., :1]), centers[..., 1:]], dim=-1)  # time is not centred
-        positions = positions - centers
-        proj = positions.unsqueeze(-1) * scales.unsqueeze(-1) * self.bands.float()
-        return proj.cos().flatten(-2), proj.sin().flatten(-2)
-
-
 def _resolve_backend_name(backend) -> str:
     if backend is None:
         try:
@@ -584,11 +263,11 @@ def _resolve_backend_name(backend) -> str:
 
 class MagiHumanAttnProcessor:
     r"""
-    Attention processor of MagiHuman (§3.4): packed q/k/v/gate projection (per modality in mm layers), per-head q/k
+    Attention processor of MagiHuman: packed q/k/v/gate projection (per modality in mm layers), per-head q/k
     RMSNorm, coordinate RoPE in fp32, bf16 q/k/v, attention through diffusers' `dispatch_attention_fn`, per-head
     sigmoid gating and the output projection.
 
-    Global layers attend over the whole packed sample. Local layers (SR-1080p, §6) let a video token of latent frame
+    Global layers attend over the whole packed sample. Local layers (SR-1080p) let a video token of latent frame
     `i` see the video tokens of frames `i - F .. i + F` plus all audio and text tokens, while audio and text tokens see
     everything: one softmax over that union. It is computed as one flex `BlockMask` call on the `flex` backend, and
     elsewhere (incl. flash backends, which take no mask) as one unmasked call per query frame over the gathered keys
@@ -603,7 +282,7 @@ class MagiHumanAttnProcessor:
         local_attn_mode (`str`, defaults to `"masked"`):
             `"masked"`: one softmax over the union of the local ranges (see above). `"upstream_fallback"`: reproduce
             the original's non-Hopper fallback bit for bit (one fp32 attention per key range, each rounded to bf16,
-            merged by log-sum-exp in fp32, §6). Meant for parity checks; it ignores the attention backend.
+            merged by log-sum-exp in fp32). Meant for parity checks; it ignores the attention backend.
         local_attn_kernel (`str`, defaults to `"auto"`):
             How `"masked"` local layers run when the backend is not `flex`: `"varlen"`, one FlashAttention-4
             variable-length call per layer (each query frame is one sequence against its gathered window + audio/text
@@ -682,60 +361,75 @@ class MagiHumanAttnProcessor:
     ) -> torch.Tensor:
         heads, kv_heads, head_dim = attn.heads, attn.kv_heads, attn.head_dim
 
-        # §3.4 steps 2-3: bf16 matmul with bf16 result, then fp32; split q | k | v | gate, head-major. Only q and k
-        # are materialised in fp32: v goes back to bf16 unchanged and the gate is upcast where it is used, so skipping
+        # Projections in the weights' dtype (bf16 in the released layout, like the original), head-major. Only q and k
+        # are materialised in fp32: v stays in the projection dtype and the gate is upcast where it is used, so skipping
         # their fp32 round trip is exact.
-        qkv = apply_per_modality(experts_of(attn, "to_qkv"), hidden_states, token_layout, bf16_compute_linear)
-        query, key, value, gate = qkv.split(
-            [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim, attn.gate_size], dim=-1
-        )
+        if attn.fused_projections:
+            qkv = apply_per_modality(experts_of(attn, "to_qkv"), hidden_states, token_layout, apply_linear)
+            query, key, value, gate = qkv.split(
+                [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim, attn.gate_size], dim=-1
+            )
+        else:
+            names = ["to_q", "to_k", "to_v"] + (["to_gate"] if attn.gate_size else [])
+            projections = [experts_of(attn, name) for name in names]
+            outputs = apply_per_modality_multi(projections, hidden_states, token_layout, apply_linear)
+            query, key, value = outputs[:3]
+            gate = outputs[3] if attn.gate_size else None
         query = query.float().unflatten(-1, (heads, head_dim))
         key = key.float().unflatten(-1, (kv_heads, head_dim))
-        value = value.to(_BLOCK_COMPUTE_DTYPE).contiguous().unflatten(-1, (kv_heads, head_dim))
+        value = value.contiguous().unflatten(-1, (kv_heads, head_dim))
 
-        # §3.4 steps 4-5: per-head RMSNorm (per modality in mm layers), RoPE in fp32; v is not normalised or rotated.
+        # Per-head RMSNorm (per modality in mm layers), RoPE in fp32; v is not normalised or rotated.
         query = apply_per_modality(experts_of(attn, "norm_q"), query, token_layout)
         key = apply_per_modality(experts_of(attn, "norm_k"), key, token_layout)
         freqs_cos, freqs_sin = rotary_emb
         query = apply_magihuman_rotary_emb(query, freqs_cos, freqs_sin)
         key = apply_magihuman_rotary_emb(key, freqs_cos, freqs_sin)
 
-        # §3.4 step 6: bf16 q/k/v, softmax scale 1/sqrt(D), bf16 output.
-        query, key, value = (x.to(_BLOCK_COMPUTE_DTYPE) for x in (query, key, value))
+        # q/k/v in the projections' dtype, softmax scale 1/sqrt(D), output in that dtype.
+        query, key = query.to(value.dtype), key.to(value.dtype)
         hidden_states = self._attention(query, key, value, token_layout, attn.is_local)
 
-        # §3.4 step 7: gate = sigmoid of the last Hq qkv columns, per token and head (bf16 * fp32 -> fp32 product).
+        # gate = sigmoid of the `to_gate` output, per token and head (the product is fp32).
         if attn.gate_size:
             hidden_states = hidden_states * torch.sigmoid(gate.float()).unsqueeze(-1)
-        # §3.4 step 8: bf16 into the output projection (bf16 result, added to the fp32 residual by the block).
-        hidden_states = hidden_states.flatten(2).to(_BLOCK_COMPUTE_DTYPE)
-        return apply_per_modality(experts_of(attn, "to_out"), hidden_states, token_layout, bf16_compute_linear)
+        # Into the output projection in its dtype (added to the fp32 residual by the block).
+        hidden_states = hidden_states.flatten(2).to(experts_compute_dtype(attn, "to_out", value.dtype))
+        return apply_per_modality(experts_of(attn, "to_out"), hidden_states, token_layout, _apply_out)
 
     # -- attention core -----------------------------------------------------------------------------------------------
 
     def _attention(self, query, key, value, layout: MagiHumanTokenLayout, is_local: bool) -> torch.Tensor:
+        dtype = query.dtype
         upcast = self.upcast if self.upcast is not None else query.device.type == "cpu"
         if upcast:
             query, key, value = query.float(), key.float(), value.float()
 
         if not layout.has_padding:
-            out = self._attention_sample(query, key, value, layout, is_local)
+            out = self._attention_sample(query, key, value, layout, is_local, dtype)
         else:
             # Attend sample by sample on the real tokens: padding neither attends nor is attended, and each sample
             # gives the same result as alone, on every backend (no key-padding mask needed).
             out = query.new_zeros(query.shape)
             for b, length in enumerate(layout.seq_lens):
                 out[b : b + 1, :length] = self._attention_sample(
-                    query[b : b + 1, :length], key[b : b + 1, :length], value[b : b + 1, :length], layout, is_local
+                    query[b : b + 1, :length],
+                    key[b : b + 1, :length],
+                    value[b : b + 1, :length],
+                    layout,
+                    is_local,
+                    dtype,
                 )
-        return out.to(_BLOCK_COMPUTE_DTYPE)
+        return out.to(dtype)
 
-    def _attention_sample(self, query, key, value, layout: MagiHumanTokenLayout, is_local: bool) -> torch.Tensor:
+    def _attention_sample(
+        self, query, key, value, layout: MagiHumanTokenLayout, is_local: bool, out_dtype: torch.dtype
+    ) -> torch.Tensor:
         num_video, num_frames, window = layout.num_video_tokens, layout.num_frames, layout.frame_receptive_field
         if not is_local or window < 0:  # a negative receptive field means unlimited, i.e. global attention
             return self._dispatch(query, key, value)
         if self.local_attn_mode == "upstream_fallback":
-            return _upstream_local_fallback(query, key, value, num_video, layout.tokens_per_frame, window)
+            return _upstream_local_fallback(query, key, value, num_video, layout.tokens_per_frame, window, out_dtype)
         if window >= num_frames - 1:  # a window covering every frame is global attention
             return self._dispatch(query, key, value)
 
@@ -754,7 +448,7 @@ class MagiHumanAttnProcessor:
         if kernel == "flex" and not layout.has_padding:
             return _flex_local_attention(query, key, value, self._local_block_mask(query, key, layout))
 
-        # One unmasked call per query frame: keys = the frames of its window + all audio and text tokens (§6).
+        # One unmasked call per query frame: keys = the frames of its window + all audio and text tokens.
         per_frame = layout.tokens_per_frame
         key_rest, value_rest = key[:, num_video:], value[:, num_video:]
         outputs = []
@@ -773,7 +467,7 @@ class MagiHumanAttnProcessor:
         return torch.cat(outputs, dim=1)
 
     def _varlen_local_attention(self, query, key, value, layout: MagiHumanTokenLayout) -> torch.Tensor:
-        # One FA4 varlen call: queries in place, each frame's keys (window + audio/text) gathered once (§6).
+        # One FA4 varlen call: queries in place, each frame's keys (window + audio/text) gathered once.
         batch_size, seq_len = query.shape[:2]
         plan = layout.local_varlen_plan(batch_size, seq_len, query.device)
         key = key.flatten(0, 1).index_select(0, plan["kv_index"])
@@ -800,7 +494,7 @@ class MagiHumanAttnProcessor:
             if backend in _GQA_FLAG_BACKENDS and self._parallel_config is None:
                 enable_gqa = True
             elif backend not in _GQA_NATIVE_BACKENDS:
-                # Query head h uses kv head h // group (§3.4, flash-attn convention), hence repeat_interleave.
+                # Query head h uses kv head h // group (flash-attn convention), hence repeat_interleave.
                 key = key.repeat_interleave(heads // kv_heads, dim=2)
                 value = value.repeat_interleave(heads // kv_heads, dim=2)
         return dispatch_attention_fn(
@@ -821,72 +515,17 @@ class MagiHumanAttnProcessor:
         return layout.local_block_mask(query.shape[1], query.device)
 
 
-_COMPILED_FLEX_ATTENTION = None
-
-
-def _flex_local_attention(query, key, value, block_mask) -> torch.Tensor:
-    r"""One flex-attention call `(B, S, H, D)` -> `(B, S, H, D)` under the local `BlockMask` (GQA native). Outside a
-    compiled region it runs a compiled flex kernel: eager flex would materialise the full score matrix."""
-    global _COMPILED_FLEX_ATTENTION
-    from torch.nn.attention.flex_attention import flex_attention
-
-    fn = flex_attention
-    if not torch.compiler.is_compiling():
-        if _COMPILED_FLEX_ATTENTION is None:
-            _COMPILED_FLEX_ATTENTION = torch.compile(flex_attention, dynamic=False)
-        fn = _COMPILED_FLEX_ATTENTION
-    q, k, v = (x.transpose(1, 2) for x in (query, key, value))
-    out = fn(q, k, v, block_mask=block_mask, scale=query.shape[-1] ** -0.5, enable_gqa=k.shape[1] != q.shape[1])
-    return out.transpose(1, 2)
-
-
-def _attention_with_lse(query, key, value) -> tuple[torch.Tensor, torch.Tensor]:
-    # fp32 attention of one key range: bf16 output and fp32 log-sum-exp `[B, Lq, H]`, like a flash-attn call.
-    heads, kv_heads = query.shape[2], key.shape[2]
-    query, key, value = query.float(), key.float(), value.float()
-    if kv_heads != heads:
-        key = key.repeat_interleave(heads // kv_heads, dim=2)
-        value = value.repeat_interleave(heads // kv_heads, dim=2)
-    scores = torch.einsum("bqhd,bkhd->bhqk", query, key) * query.shape[-1] ** -0.5
-    lse = torch.logsumexp(scores, dim=-1)
-    out = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(scores, dim=-1), value)
-    return out.to(_BLOCK_COMPUTE_DTYPE), lse.transpose(1, 2)
-
-
-def _upstream_local_fallback(query, key, value, num_video: int, per_frame: int, window: int) -> torch.Tensor:
-    r"""
-    The original's non-Hopper local attention (`_custom_flex_flash_attn_func`, §6): per video frame, one attention
-    over the local video window and one over the audio+text keys, each rounded to bf16, merged in fp32 by log-sum-exp
-    and rounded to bf16 again; audio/text queries attend to everything in one call. Numerically this differs from one
-    softmax only by that intermediate bf16 rounding.
-    """
-    num_frames = num_video // per_frame
-    seq_len = key.shape[1]
-    outputs = []
-    for frame in range(num_frames):
-        q = query[:, frame * per_frame : (frame + 1) * per_frame]
-        start = max(frame - window, 0) * per_frame
-        end = min(frame + window + 1, num_frames) * per_frame
-        out, lse = _attention_with_lse(q, key[:, start:end], value[:, start:end])
-        if seq_len > num_video:
-            out_r, lse_r = _attention_with_lse(q, key[:, num_video:], value[:, num_video:])
-            max_lse = torch.maximum(lse, lse_r)
-            se, se_r = torch.exp(lse - max_lse), torch.exp(lse_r - max_lse)
-            sum_se = se + se_r
-            out = out * (se / sum_se).unsqueeze(-1) + out_r * (se_r / sum_se).unsqueeze(-1)
-        outputs.append(out.to(_BLOCK_COMPUTE_DTYPE))
-    if seq_len > num_video:
-        outputs.append(_attention_with_lse(query[:, num_video:], key, value)[0])
-    return torch.cat(outputs, dim=1)
-
-
 class MagiHumanAttention(nn.Module, AttentionModuleMixin):
     r"""
     Self-attention of one MagiHuman layer (GQA, gated, q/k RMSNorm, coordinate RoPE).
 
-    Parameters: `to_qkv` (`hidden -> Hq*D + 2*Hkv*D + Hq`, rows `q | k | v | gate`), `norm_q`, `norm_k` (width `D`),
-    `to_out` (`Hq*D -> hidden`). Modality-expert layers have one of each per modality instead, suffixed `_video`,
-    `_audio`, `_text` (e.g. `to_qkv_audio`).
+    Parameters: `to_q` (`hidden -> Hq*D`), `to_k`, `to_v` (`hidden -> Hkv*D`), `to_gate` (`hidden -> Hq`, one
+    sigmoid gate per query head; absent without gating), `norm_q`, `norm_k` (width `D`) and `to_out` (`[Linear(Hq*D ->
+    hidden), Dropout]`, like diffusers' `Attention`). Modality-expert layers have one of each per modality instead,
+    under `video`, `audio` and `text` (e.g. `attn.audio.to_q`), so the usual LoRA targets reach the experts too.
+
+    [`fuse_projections`] adds a fused `to_qkv` (rows `q | k | v | gate`, one GEMM instead of four) that the processor
+    then uses; [`unfuse_projections`] removes it. Off by default.
 
     Args:
         hidden_size (`int`), num_attention_heads (`int`), num_key_value_heads (`int`), head_dim (`int`)
@@ -899,7 +538,7 @@ class MagiHumanAttention(nn.Module, AttentionModuleMixin):
 
     _default_processor_cls = MagiHumanAttnProcessor
     _available_processors = [MagiHumanAttnProcessor]
-    _supports_qkv_fusion = False
+    _supports_qkv_fusion = True
 
     def __init__(
         self,
@@ -919,12 +558,52 @@ class MagiHumanAttention(nn.Module, AttentionModuleMixin):
         self.head_dim = head_dim
         self.gate_size = num_attention_heads if enable_gating else 0
         self.is_local = is_local
-        qkv_features = (num_attention_heads + 2 * num_key_value_heads) * head_dim + self.gate_size
-        _add_modules(self, "to_qkv", _linear_factory(hidden_size, qkv_features), num_experts)
+        self.num_experts = num_experts
+        _add_modules(self, "to_q", _linear_factory(hidden_size, num_attention_heads * head_dim), num_experts)
+        _add_modules(self, "to_k", _linear_factory(hidden_size, num_key_value_heads * head_dim), num_experts)
+        _add_modules(self, "to_v", _linear_factory(hidden_size, num_key_value_heads * head_dim), num_experts)
+        if enable_gating:
+            _add_modules(self, "to_gate", _linear_factory(hidden_size, num_attention_heads), num_experts)
         _add_modules(self, "norm_q", _norm_factory(head_dim, eps), num_experts)
         _add_modules(self, "norm_k", _norm_factory(head_dim, eps), num_experts)
-        _add_modules(self, "to_out", _linear_factory(num_attention_heads * head_dim, hidden_size), num_experts)
+        _add_modules(self, "to_out", _out_factory(num_attention_heads * head_dim, hidden_size), num_experts)
         self.set_processor(processor if processor is not None else self._default_processor_cls())
+
+    def _projection_names(self) -> list[str]:
+        return ["to_q", "to_k", "to_v"] + (["to_gate"] if self.gate_size else [])
+
+    @torch.no_grad()
+    def fuse_projections(self):
+        r"""
+        Adds a fused `to_qkv` linear (per modality in expert layers) holding the rows of `to_q | to_k | to_v | to_gate`,
+        and makes the processor run that one GEMM instead of four. The separate projections stay (LoRA on them is
+        not used while fused, as in diffusers); outputs are unchanged up to GEMM reduction-order noise.
+        """
+        if self.fused_projections:
+            return
+        groups = [experts_of(self, name) for name in self._projection_names()]
+        owners = [self] if self.num_experts == 1 else [self._modules[modality] for modality in MODALITIES]
+        for index, owner in enumerate(owners):
+            linears = [group if isinstance(group, nn.Module) else group[index] for group in groups]
+            if not all(type(linear) is nn.Linear for linear in linears):
+                raise ValueError(
+                    "`fuse_projections` needs plain `nn.Linear` projections; fuse before adding LoRA adapters, "
+                    "quantizing or enabling layerwise casting."
+                )
+            weight = torch.cat([linear.weight for linear in linears], dim=0)
+            fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+            fused.weight.copy_(weight)
+            owner.add_module("to_qkv", fused)
+        self.fused_projections = True
+
+    def unfuse_projections(self):
+        r"""Removes the fused `to_qkv` added by [`fuse_projections`]; the processor uses the separate projections."""
+        if not self.fused_projections:
+            return
+        owners = [self] if self.num_experts == 1 else [self._modules[modality] for modality in MODALITIES]
+        for owner in owners:
+            del owner._modules["to_qkv"]
+        self.fused_projections = False
 
     def forward(
         self,
@@ -939,15 +618,15 @@ class MagiHumanAttention(nn.Module, AttentionModuleMixin):
             token_layout ([`MagiHumanTokenLayout`])
 
         Returns:
-            `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)` in bf16.
+            `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)` in the compute dtype of `to_out`.
         """
         return self.processor(self, hidden_states, rotary_emb, token_layout)
 
 
 class MagiHumanFeedForward(nn.Module):
     r"""
-    MLP of one layer (§3.5): `up_proj` (bf16 result), clamped activation in fp32, `down_proj` (bf16 result); in
-    modality-expert layers one of each per modality (`up_proj_video`, ...).
+    MLP of one layer: `up_proj`, clamped activation in fp32, `down_proj`; each linear computes in its weight dtype. In
+    modality-expert layers there is one of each per modality (`video.up_proj`, `audio.up_proj`, `text.up_proj`).
 
     `gelu7` layers have a plain `hidden -> I` `up_proj`. `swiglu7` layers have `hidden -> 2*I` with the gate rows
     first and the linear rows second (the conversion script de-interleaves the original's alternating rows). With
@@ -989,21 +668,21 @@ class MagiHumanFeedForward(nn.Module):
             `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)` in fp32 (bf16-rounded values).
         """
         up_proj, down_proj = experts_of(self, "up_proj"), experts_of(self, "down_proj")
-        hidden_states = apply_per_modality(up_proj, hidden_states, token_layout, bf16_compute_linear).float()
+        hidden_states = apply_per_modality(up_proj, hidden_states, token_layout, apply_linear).float()
         if self.activation == "swiglu7":
             gate, linear = hidden_states.chunk(2, dim=-1)
             hidden_states = swiglu7(gate, linear)
         else:
             hidden_states = gelu7(hidden_states)
-        hidden_states = hidden_states.to(_BLOCK_COMPUTE_DTYPE)
-        return apply_per_modality(down_proj, hidden_states, token_layout, bf16_compute_linear).float()
+        hidden_states = hidden_states.to(experts_compute_dtype(self, "down_proj", hidden_states.dtype))
+        return apply_per_modality(down_proj, hidden_states, token_layout, apply_linear).float()
 
 
 @maybe_allow_in_graph
 class MagiHumanTransformerBlock(nn.Module):
     r"""
     One pre-norm MagiHuman layer over the packed sequence: `h += attn(norm1(h))`, `h += ff(norm2(h))` with an fp32
-    residual stream (§3.4-3.5). Modality-expert layers hold per-modality norms and linears.
+    residual stream. Modality-expert layers hold per-modality norms and linears.
 
     Args:
         hidden_size (`int`), num_attention_heads (`int`), num_key_value_heads (`int`), head_dim (`int`)
@@ -1068,13 +747,13 @@ class MagiHumanTransformerBlock(nn.Module):
             `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)`, fp32.
         """
         normed = apply_per_modality(experts_of(self, "norm1"), hidden_states, token_layout)
-        attn_output = self.attn(normed.to(_BLOCK_COMPUTE_DTYPE), rotary_emb, token_layout)
+        attn_output = self.attn(normed.to(experts_compute_dtype(self.attn, "to_q", normed.dtype)), rotary_emb, token_layout)
         if self.post_norm:
             attn_output = apply_per_modality(experts_of(self, "attn_post_norm"), attn_output, token_layout)
         hidden_states = hidden_states + attn_output
 
         normed = apply_per_modality(experts_of(self, "norm2"), hidden_states, token_layout)
-        ff_output = self.ff(normed.to(_BLOCK_COMPUTE_DTYPE), token_layout)
+        ff_output = self.ff(normed.to(experts_compute_dtype(self.ff, "up_proj", normed.dtype)), token_layout)
         if self.post_norm:
             ff_output = apply_per_modality(experts_of(self, "ff_post_norm"), ff_output, token_layout)
         return hidden_states + ff_output
@@ -1089,17 +768,22 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
     r"""
     The daVinci-MagiHuman denoiser: a timestep-free single-stream DiT over packed video, audio and text tokens.
 
-    Inputs are packed inside the model (§2): video tokens (channel-major `pT x pH x pW` patches), then the real audio
+    Inputs are packed inside the model: video tokens (channel-major `pT x pH x pW` patches), then the real audio
     tokens, then the real text tokens, each embedded by its own fp32 linear. Layers listed in `mm_layers` have one
     expert (norms and linears) per modality; the others are shared. Outputs are the video prediction (spatial-major
-    unpacking, §2.4) and the audio prediction.
+    unpacking) and the audio prediction.
 
-    Dtypes follow the original (§3.8): the block linears are created in bf16 and always compute in bf16 with bf16
-    results (fp32-stored weights are cast per call, with identical numerics); embedders, norms, RoPE and the output
-    heads are fp32, as is the residual stream. Module names: `blocks.{i}.norm1`, `.attn.{to_qkv, norm_q, norm_k,
-    to_out}`, `.norm2`, `.ff.{up_proj, down_proj}`; in modality-expert layers each of these exists once per modality
-    with a `_video` / `_audio` / `_text` suffix. Use `conversion/convert_magihuman_to_diffusers.py` to convert the
-    original checkpoints. Context parallelism (`_cp_plan`) is not wired up yet.
+    Dtypes: the weights decide. A fresh model is fp32. Each block linear computes in the dtype of its weights (or the
+    compute dtype of layerwise casting) and returns that dtype; q/k/v and the attention run in the dtype of the q/k/v
+    projections. Embedders, norms, RoPE, activations and the output heads compute in fp32, as does the residual
+    stream. `from_pretrained(..., dtype=torch.bfloat16)` keeps `_keep_in_fp32_modules` in fp32 and gives the released
+    layout, which reproduces the original's mixed precision (bf16 block matmuls with bf16 results, fp32 elsewhere).
+
+    Module names: `blocks.{i}.norm1`, `.attn.{to_q, to_k, to_v, to_gate, norm_q, norm_k, to_out.0}`, `.norm2`,
+    `.ff.{up_proj, down_proj}`; in modality-expert layers each of these exists once per modality under `video`,
+    `audio` and `text` (`blocks.0.video.norm1`, `blocks.0.attn.audio.to_q`, `blocks.0.ff.text.up_proj`). Use
+    `diffusers_magihuman.conversion.convert_magihuman_to_diffusers` to convert the original checkpoints. Context
+    parallelism (`_cp_plan`) is not wired up yet.
 
     Args:
         num_layers (`int`, defaults to 40): number of transformer layers.
@@ -1120,7 +804,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         enable_attn_gating (`bool`, defaults to `True`): per-head sigmoid attention gate.
         norm_eps (`float`, defaults to `1e-6`).
         coords_style (`str`, defaults to `"v2"`): RoPE coordinates of audio/text, `"v2"` for base/distill, `"v1"` for
-            the super-resolution models (§2.5).
+            the super-resolution models.
         frame_receptive_field (`int`, defaults to 11): local-attention half window in latent frames.
         text_offset (`int`, defaults to 0): v1 text position offset.
         gelu7_intermediate_size (`int`, *optional*): defaults to `4 * hidden_size`.
@@ -1142,10 +826,12 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         "norm_out_audio",
         "proj_out_video",
         "proj_out_audio",
-    ] + [
-        name + suffix
-        for name in ("norm1", "norm2", "norm_q", "norm_k", "attn_post_norm", "ff_post_norm")
-        for suffix in ("", "_video", "_audio", "_text")
+        "norm1",
+        "norm2",
+        "norm_q",
+        "norm_k",
+        "attn_post_norm",
+        "ff_post_norm",
     ]
     _skip_layerwise_casting_patterns = ["embedder", "rope", "norm", r"^proj_out_video$", r"^proj_out_audio$"]
 
@@ -1200,7 +886,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         gelu7_width = gelu7_intermediate_size or 4 * hidden_size
         swiglu7_width = swiglu7_intermediate_size or default_swiglu7_intermediate_size(hidden_size)
 
-        # 1. Input embedders (fp32, §3.1) and RoPE.
+        # 1. Input embedders (fp32) and RoPE.
         self.video_embedder = nn.Linear(in_channels * patch_volume, hidden_size, bias=True)
         self.audio_embedder = nn.Linear(audio_in_channels, hidden_size, bias=True)
         self.text_embedder = nn.Linear(text_in_channels, hidden_size, bias=True)
@@ -1229,7 +915,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
             ]
         )
 
-        # 3. Output heads (fp32, §3.6).
+        # 3. Output heads (fp32).
         self.norm_out_video = MagiHumanRMSNorm(hidden_size, eps=norm_eps)
         self.norm_out_audio = MagiHumanRMSNorm(hidden_size, eps=norm_eps)
         self.proj_out_video = nn.Linear(hidden_size, patch_volume * out_channels, bias=False)
@@ -1382,6 +1068,35 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         self.register_to_config(pad_swiglu_to_multiple_of=multiple_of)
         return self
 
+    def enable_cache(self, config) -> None:
+        r"""
+        [`~CacheMixin.enable_cache`]: FirstBlockCache, MagCache, TaylorSeer and Pyramid Attention Broadcast work on
+        this model. FasterCache is refused: it splits each call's batch into the unconditional and conditional halves
+        of a batched classifier-free-guidance call and reads a timestep argument, while this model takes no timestep and
+        the pipelines run the guidance passes as separate calls.
+        """
+        from diffusers.hooks import FasterCacheConfig
+
+        if isinstance(config, FasterCacheConfig):
+            raise ValueError(
+                "FasterCache does not work with MagiHumanTransformer3DModel: it needs a batched (uncond, cond) "
+                "classifier-free-guidance call with a timestep input, and this model has no timestep and runs the "
+                "guidance passes as separate calls. Use FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig "
+                "or PyramidAttentionBroadcastConfig instead."
+            )
+        super().enable_cache(config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        r"""
+        [`~ModelMixin.from_pretrained`], refusing (before any weight loads) a local folder converted before the
+        attention projections were split (fused `to_qkv`); the message says how to re-convert or upgrade it.
+        """
+        path = os.fspath(pretrained_model_name_or_path) if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) else None
+        if path is not None and os.path.isdir(path):
+            check_not_legacy_folder(os.path.join(path, kwargs.get("subfolder") or ""))
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     # -- input handling -----------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -1425,7 +1140,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
             audio_attention_mask (`torch.Tensor` of shape `(batch_size, audio_sequence_length)`, *optional*):
                 `True`/1 for real audio tokens. `None`: all real.
             encoder_attention_mask (`torch.Tensor` of shape `(batch_size, text_sequence_length)`, *optional*):
-                `True`/1 for real text tokens; padded rows are dropped, like the original (§2.2). `None`: all real.
+                `True`/1 for real text tokens; padded rows are dropped, like the original. `None`: all real.
             attention_kwargs (`dict`, *optional*): only `scale` (LoRA scale) is read.
             return_dict (`bool`, defaults to `True`): return a [`MagiHumanTransformerOutput`] instead of a tuple.
 
@@ -1462,7 +1177,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         num_video = grid_size[0] * grid_size[1] * grid_size[2]
         audio_len, text_len = audio_hidden_states.shape[1], encoder_hidden_states.shape[1]
 
-        # 1. Embed each modality (fp32 linears) and pack [video | real audio | real text | padding] (§2.2-2.3, §3.1).
+        # 1. Embed each modality (fp32 linears) and pack [video | real audio | real text | padding].
         video = self._embed(self.video_embedder, patchify_video(hidden_states, config.patch_size))
         audio = self._embed(self.audio_embedder, audio_hidden_states)
         text = self._embed(self.text_embedder, encoder_hidden_states)
@@ -1510,7 +1225,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
             for block in self.blocks:
                 hidden = block(hidden, rotary_emb, layout)
 
-        # 3. Output heads (fp32) and unpacking (§3.6, §2.4).
+        # 3. Output heads (fp32) and unpacking.
         video_out = hidden[:, :num_video].float()
         video_out = self.proj_out_video(
             self.norm_out_video(video_out).to(self.proj_out_video.weight.dtype)
