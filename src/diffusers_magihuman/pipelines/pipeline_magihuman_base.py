@@ -26,13 +26,21 @@ import torch
 from diffusers.utils import logging
 
 from .._diffusers_compat import normalize_library_tuple
-from ..constants import DEFAULT_NEGATIVE_PROMPT, TEXT_MAX_SEQUENCE_LENGTH, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
+from ..constants import DEFAULT_FPS, DEFAULT_NEGATIVE_PROMPT, TEXT_MAX_SEQUENCE_LENGTH, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
 from .pipeline_output import MagiHumanPipelineOutput
 
 
 logger = logging.get_logger(__name__)
 
 _OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+
+
+class MagiHumanDecodeError(RuntimeError):
+    """Decoding failed after sampling; `latents_path` is the file holding the sampled latents (or `None`)."""
+
+    def __init__(self, message: str, latents_path: str | None = None):
+        super().__init__(message)
+        self.latents_path = latents_path
 _DECODERS = ("auto", "turbo", "vae")
 
 
@@ -44,8 +52,75 @@ def _has_triton() -> bool:
     return has_triton()
 
 
+_WARNED: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """Log `message` as a warning the first time `key` is seen in this process (lossy conversions, ignored args)."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning(message)
+
+
+def as_number(value, name: str, integer: bool = False):
+    """A Python `int`/`float` from a Python or numpy scalar (0-d arrays and tensors too), else a `ValueError`."""
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{name}` must be {kind}, got {value!r} ({type(value).__name__}).")
+    if isinstance(value, float) and not np.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"`{name}` must be an integer, got {value!r}.")
+        value = int(value)
+    return value
+
+
+def check_tensor(x, name: str, ndim: int | None = None, allow_none: bool = True):
+    """Refuse non-tensors (numpy arrays included: say so), wrong ranks and NaN/Inf values, naming the argument."""
+    if x is None:
+        if allow_none:
+            return None
+        raise ValueError(f"`{name}` is required.")
+    if isinstance(x, np.ndarray):
+        raise ValueError(f"`{name}` must be a torch.Tensor, got a numpy array; pass `torch.from_numpy({name})`.")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}.")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"`{name}` must have {ndim} dimensions, got shape {tuple(x.shape)}.")
+    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"`{name}` contains NaN or Inf values; refusing to run on them.")
+    return x
+
+
+def check_generator(generator, name: str = "generator"):
+    """`None`, a `torch.Generator` or a list of them; anything else (e.g. an int seed) is refused clearly."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)) and generator and all(isinstance(g, torch.Generator) for g in generator):
+        return
+    raise ValueError(
+        f"`{name}` must be a torch.Generator or a list of them, got {generator!r}; for a seed use "
+        f"`{name}=torch.Generator().manual_seed(seed)`."
+    )
+
+
+def report_non_finite(x, stage: str) -> None:
+    """Warn (naming the stage) when a result holds NaN/Inf: e.g. a half-precision overflow in the DiT or a decoder."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).float().mean().item()
+        logger.warning(
+            f"The {stage} contains NaN/Inf values ({bad:.1%} of the entries): the output will be black or silent "
+            "there. Common causes: float16 overflow (use bfloat16 or float32), or NaN inputs."
+        )
+
+
 def snap_size(height: int, width: int, name: str = "") -> tuple[int, int]:
-    """Round a pixel size down to multiples of 32 (spec pipeline.md §3.1), warning when it changes."""
+    """Round a pixel size down to multiples of 32 (the DiT's 2x2 patch on a x16 latent), warning when it changes."""
     for label, value in (("height", height), ("width", width)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise ValueError(f"`{name}{label}` must be an integer number of pixels, got {value!r}.")
@@ -493,17 +568,152 @@ class MagiHumanPipelineMixin:
     def postprocess_audio(audio: torch.Tensor, output_type: str):
         return audio if output_type == "pt" else audio.detach().cpu().numpy()
 
+    def trim_audio_to_video(self, audio: torch.Tensor, num_video_frames: int) -> torch.Tensor:
+        """Cut a decoded waveform `(B, 2, S)` to at most one video frame past the video's `num_video_frames` frames.
+
+        The audio latent has one frame per requested video frame (`num_frames`), but the video decodes to
+        `4 * (T - 1) + 1` frames, up to 3 fewer when `num_frames` is off that grid (an audio-driven clip's length, or
+        `seconds` such as 1.1). The extra audio would run past the last picture. One frame of slack keeps the
+        original's output unchanged where it was already in step (1 s = 26 audio vs 25 video frames).
+        """
+        max_samples = int(round((num_video_frames + 1) * self.audio_sample_rate / DEFAULT_FPS))
+        return audio[..., :max_samples] if audio.shape[-1] > max_samples else audio
+
+    @staticmethod
+    def _release_cached_memory(device: torch.device) -> None:
+        """Return the caching allocator's free blocks to the driver before a decode, so the decoder can use them
+        (after a 1080p SR loop ~22 GiB sat reserved but unallocated, and the decode's 8 GiB request failed)."""
+        if device.type == "cuda" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @staticmethod
+    def save_latents_for_recovery(latents: torch.Tensor, audio_latents: torch.Tensor | None) -> str:
+        """Write the sampled latents to a new temporary folder (`.safetensors`, written then renamed) and return
+        the file path. Reload with `safetensors.torch.load_file(path)`."""
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        folder = tempfile.mkdtemp(prefix="magihuman_latents_")
+        path = os.path.join(folder, "latents.safetensors")
+        tensors = {"latents": latents.detach().to("cpu", torch.float32).contiguous()}
+        if audio_latents is not None:
+            tensors["audio_latents"] = audio_latents.detach().to("cpu", torch.float32).contiguous()
+        save_file(tensors, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        return path
+
     def _finish(self, latents, audio_latents, output_type: str, decode_with: str, return_dict: bool):
-        """Decode (unless `output_type="latent"`), release offload hooks, and package the result."""
+        """Decode (unless `output_type="latent"`), release offload hooks, and package the result.
+
+        A failure while decoding keeps the work: the sampled latents are saved to a temporary file whose path the
+        raised [`MagiHumanDecodeError`] gives (and holds as `.latents_path`).
+        """
+        report_non_finite(latents, "video latent after denoising")
+        report_non_finite(audio_latents, "audio latent after denoising")
         if output_type == "latent":
             frames, audio = latents, audio_latents
         else:
-            frames = self.postprocess_video(self.decode_latents(latents, decode_with), output_type)
-            audio = self.postprocess_audio(self.decode_audio_latents(audio_latents), output_type)
+            try:
+                self._release_cached_memory(latents.device)
+                video = self.decode_latents(latents, decode_with)
+                report_non_finite(video, "decoded video")
+                frames = self.postprocess_video(video, output_type)
+                num_video_frames = video.shape[2]
+                del video
+                waveform = self.decode_audio_latents(audio_latents)
+                report_non_finite(waveform, "decoded audio")
+                audio = self.postprocess_audio(self.trim_audio_to_video(waveform, num_video_frames), output_type)
+            except Exception as error:
+                try:
+                    path = self.save_latents_for_recovery(latents, audio_latents)
+                    where = (
+                        f"The sampled latents are saved in {path} (keys 'latents', 'audio_latents'): reload them "
+                        "with `safetensors.torch.load_file(path)` and decode with `pipe.decode_latents(latents)` / "
+                        "`pipe.decode_audio_latents(audio_latents)`, or pass `output_type='latent'`."
+                    )
+                except Exception as save_error:  # pragma: no cover - disk full, read-only temp dir
+                    path, where = None, f"Saving the sampled latents failed too ({save_error})."
+                raise MagiHumanDecodeError(
+                    f"Decoding failed after sampling: {type(error).__name__}: {error}. {where}", path
+                ) from error
         self.maybe_free_model_hooks()
         if not return_dict:
             return (frames, audio)
         return MagiHumanPipelineOutput(frames=frames, audio=audio)
+
+    # ------------------------------------------------------------------ schedulers (ours or stock flow ones)
+    def _uses_distilled_rule(self, scheduler=None) -> bool:
+        """Whether the scheduler steps with the DMD-2 rule. Only a [`MagiHumanScheduler`] with `sampler="dmd"` does;
+        stock flow schedulers (UniPC with `use_flow_sigmas`, FlowMatchEuler) sample like the base model."""
+        from ..schedulers.scheduling_magihuman import MagiHumanScheduler
+
+        scheduler = self.scheduler if scheduler is None else scheduler
+        return isinstance(scheduler, MagiHumanScheduler) and bool(scheduler.is_distilled)
+
+    @staticmethod
+    def _set_timesteps(scheduler, num_inference_steps, device, sigmas=None, timesteps=None):
+        """`scheduler.set_timesteps` with `sigmas=` / `timesteps=` as diffusers' `retrieve_timesteps` does, then
+        `set_begin_index(0)`: every step is taken in order even where integer timesteps repeat (above ~211 steps
+        the truncated timesteps of the shift-5 grid collide, and a timestep lookup would run off the end).
+
+        Returns `(timesteps, num_inference_steps)`.
+        """
+        import inspect
+
+        params = set(inspect.signature(scheduler.set_timesteps).parameters)
+        if timesteps is not None:
+            if "timesteps" not in params:
+                raise ValueError(
+                    f"`timesteps=` is not supported by {type(scheduler).__name__}; pass `sigmas=` (flow noise levels, "
+                    "highest first) or `num_inference_steps`."
+                )
+            scheduler.set_timesteps(timesteps=timesteps, device=device)
+        elif sigmas is not None:
+            if "sigmas" not in params:
+                raise ValueError(f"`sigmas=` is not supported by {type(scheduler).__name__}.")
+            scheduler.set_timesteps(sigmas=sigmas, device=device)
+        else:
+            scheduler.set_timesteps(num_inference_steps, device=device)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        return scheduler.timesteps, len(scheduler.timesteps)
+
+    def _check_schedule(self, scheduler, num_inference_steps, sigmas, timesteps) -> None:
+        """Build the schedule on a copy before any model runs, so an unsupported step count or grid fails first."""
+        import copy
+
+        if sigmas is not None and timesteps is not None:
+            raise ValueError("Give either `sigmas` or `timesteps`, not both.")
+        for name, values in (("sigmas", sigmas), ("timesteps", timesteps)):
+            if values is None:
+                continue
+            array = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+            if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all():
+                raise ValueError(f"`{name}` must be a non-empty 1-D list of finite numbers, got {values!r}.")
+            if np.any(np.diff(array) > 0):
+                raise ValueError(f"`{name}` must decrease (highest noise first), got {array.tolist()}.")
+        try:
+            probe = copy.deepcopy(scheduler)
+            steps, n = self._set_timesteps(probe, num_inference_steps, "cpu", sigmas, timesteps)
+        except ValueError:
+            raise
+        except Exception as e:
+            raise ValueError(
+                f"The scheduler ({type(scheduler).__name__}) cannot build a schedule for "
+                f"num_inference_steps={num_inference_steps!r}, sigmas={sigmas!r}, timesteps={timesteps!r}: {e}"
+            ) from e
+        if n < 1:
+            raise ValueError("The schedule has no steps; give `num_inference_steps` >= 1.")
+
+    @staticmethod
+    def _scheduler_step(scheduler, model_output, t, sample, generator):
+        """`scheduler.step`, passing `generator` only to schedulers whose step draws noise (DMD, FlowMatchEuler)."""
+        import inspect
+
+        if "generator" in inspect.signature(scheduler.step).parameters:
+            return scheduler.step(model_output, t, sample, generator=generator, return_dict=False)[0]
+        return scheduler.step(model_output, t, sample, return_dict=False)[0]
 
     # ------------------------------------------------------------------ shared checks
     def _check_common(
@@ -516,20 +726,37 @@ class MagiHumanPipelineMixin:
         callback_on_step_end_tensor_inputs,
         generator,
         batch_size_hint,
+        prompt_attention_mask=None,
+        negative_prompt_attention_mask=None,
     ):
         if prompt is None and prompt_embeds is None:
             raise ValueError("Give a `prompt` (or precomputed `prompt_embeds`).")
         if prompt is not None and prompt_embeds is not None:
             raise ValueError("Give either `prompt` or `prompt_embeds`, not both.")
         if prompt is not None:
-            prompts = [prompt] if isinstance(prompt, str) else prompt
-            if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-                raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
-            if len(prompts) == 0 or any(len(p.strip()) == 0 for p in prompts):
-                raise ValueError("`prompt` is empty; describe the video (and the speech) you want.")
-        if prompt_embeds is not None and prompt_embeds.ndim != 3:
-            raise ValueError(f"`prompt_embeds` must be (batch, tokens, channels), got shape {tuple(prompt_embeds.shape)}.")
-        if output_type not in _OUTPUT_TYPES:
+            self._check_prompt(prompt, "prompt")
+        check_tensor(prompt_embeds, "prompt_embeds", ndim=3)
+        check_tensor(negative_prompt_embeds, "negative_prompt_embeds", ndim=3)
+        for name, mask, embeds in (
+            ("prompt_attention_mask", prompt_attention_mask, prompt_embeds),
+            ("negative_prompt_attention_mask", negative_prompt_attention_mask, negative_prompt_embeds),
+        ):
+            check_tensor(mask, name, ndim=2)
+            if mask is not None and embeds is not None and tuple(mask.shape) != tuple(embeds.shape[:2]):
+                raise ValueError(
+                    f"`{name}` must be (batch, tokens) = {tuple(embeds.shape[:2])} like its embeddings, got "
+                    f"{tuple(mask.shape)}."
+                )
+        if (
+            prompt_embeds is not None
+            and negative_prompt_embeds is not None
+            and prompt_embeds.shape[-1] != negative_prompt_embeds.shape[-1]
+        ):
+            raise ValueError(
+                f"`prompt_embeds` ({prompt_embeds.shape[-1]} channels) and `negative_prompt_embeds` "
+                f"({negative_prompt_embeds.shape[-1]}) differ in width."
+            )
+        if not isinstance(output_type, str) or output_type not in _OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {_OUTPUT_TYPES}, got {output_type!r}.")
         if callback_on_step_end_tensor_inputs is not None:
             bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
@@ -537,8 +764,18 @@ class MagiHumanPipelineMixin:
                 raise ValueError(
                     f"`callback_on_step_end_tensor_inputs` has {bad}; allowed: {self._callback_tensor_inputs}."
                 )
+        check_generator(generator)
         if isinstance(generator, list) and len(generator) != batch_size_hint:
             raise ValueError(
                 f"Got {len(generator)} generators for an effective batch of {batch_size_hint}; give one generator "
                 "or one per video."
             )
+
+    @staticmethod
+    def _check_prompt(prompt, name: str) -> list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"`{name}` must be a string or a list of strings, got {prompt!r} ({type(prompt).__name__}).")
+        if len(prompts) == 0 or any(len(p.strip()) == 0 for p in prompts):
+            raise ValueError(f"`{name}` is empty; describe the video (and the speech) you want.")
+        return list(prompts)

@@ -39,7 +39,7 @@ from ..models.autoencoder_turbo_vaed import AutoencoderTurboVAED
 from ..models.transformer_magihuman import MagiHumanTransformer3DModel
 from ..schedulers.scheduling_magihuman import MagiHumanScheduler
 from .lora_magihuman import MagiHumanLoraLoaderMixin
-from .pipeline_magihuman_base import MagiHumanPipelineMixin, snap_size
+from .pipeline_magihuman_base import MagiHumanPipelineMixin, as_number, check_tensor, snap_size
 
 
 logger = logging.get_logger(__name__)
@@ -283,6 +283,11 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
                 "Give the base stage's `audio_latents` (MagiHumanPipeline(..., output_type='latent').audio); the SR "
                 "stage conditions on them and returns them as the audio track."
             )
+        check_tensor(latents, "latents")
+        check_tensor(audio_latents, "audio_latents")
+        check_tensor(image_latents, "image_latents")
+        check_tensor(noise, "noise")
+        check_tensor(audio_noise, "audio_noise")
         c = self.latent_channels
         if latents is not None and (latents.ndim != 5 or latents.shape[1] != c):
             raise ValueError(f"`latents` must be a base-stage video latent (B, {c}, T, h, w), got {tuple(latents.shape)}.")
@@ -295,6 +300,13 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
                 raise ValueError(
                     f"The SR size {height}x{width} is smaller than the base size {base_h}x{base_w}; super-resolution "
                     "must not shrink the video (540p: 512x896, 1080p: 1088x1920)."
+                )
+            expected_t = (audio_latents.shape[1] - 1) // self.vae_scale_factor_temporal + 1
+            if latents.shape[2] != expected_t:
+                raise ValueError(
+                    f"`audio_latents` has {audio_latents.shape[1]} frames, which go with {expected_t} video latent "
+                    f"frames, but `latents` has {latents.shape[2]}: pass the audio and video latents of the same "
+                    "base-stage result."
                 )
             if audio_latents.shape[0] != latents.shape[0]:
                 raise ValueError(
