@@ -190,32 +190,50 @@ class MagiHumanPipelineMixin:
         self, onload_device: torch.device, *args, exclude_modules=None, num_resident_blocks: int = 0, **kwargs
     ) -> None:
         r"""
-        diffusers' [`~DiffusionPipeline.enable_group_offload`] for every component, plus `num_resident_blocks`: that
-        many DiT layers stay on `onload_device` (see [`MagiHumanTransformer3DModel.enable_group_offload`]). With 22
-        resident layers and `use_stream=True` the distilled 256p stage fits a 24 GB card at under 2x the full-GPU time
-        (docs/performance.md). Excluded components are moved to `onload_device`, as in diffusers.
-        """
-        if not num_resident_blocks:
-            return super().enable_group_offload(onload_device, *args, exclude_modules=exclude_modules, **kwargs)
-        if args:
-            raise TypeError("With `num_resident_blocks`, pass the other group-offload options by keyword.")
-        from diffusers.hooks import apply_group_offloading
+        diffusers' [`~DiffusionPipeline.enable_group_offload`] for every component, with two additions:
 
+        * `num_resident_blocks`: that many DiT layers stay on `onload_device` (see
+          [`MagiHumanTransformer3DModel.enable_group_offload`]). With 22 resident layers and `use_stream=True` the
+          distilled 256p stage fits a 24 GB card at under 2x the full-GPU time (docs/performance.md).
+        * Components that diffusers cannot group-offload (the Oobleck audio VAE: `_supports_group_offloading =
+          False`) are placed on `onload_device` whole instead of failing (about 0.6 GB for Stable-Audio-Open), like
+          the components named in `exclude_modules`.
+
+        The other options (`offload_device`, `offload_type`, `num_blocks_per_group`, `use_stream`, ...) are
+        diffusers', positionally or by keyword.
+        """
+        import inspect
+
+        from diffusers.hooks import apply_group_offloading
+        from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+
+        bound = inspect.signature(DiffusionPipeline.enable_group_offload).bind(
+            self, onload_device, *args, exclude_modules=exclude_modules, **kwargs
+        )
+        bound.apply_defaults()
+        options = {k: v for k, v in bound.arguments.items() if k not in ("self", "exclude_modules")}
         exclude = [exclude_modules] if isinstance(exclude_modules, str) else list(exclude_modules or [])
-        if "transformer" in exclude:
+        if num_resident_blocks and "transformer" in exclude:
             raise ValueError("`num_resident_blocks` applies to the transformer; do not exclude it.")
         modules = {n: c for n, c in self.components.items() if isinstance(c, torch.nn.Module)}
         # The transformer first: it validates `num_resident_blocks` before anything else is touched.
-        self.transformer.enable_group_offload(onload_device, num_resident_blocks=num_resident_blocks, **kwargs)
-        for name, component in modules.items():
-            if name == "transformer":
-                continue
+        order = sorted(modules, key=lambda n: n != "transformer")
+        for name in order:
+            component = modules[name]
             if name in exclude:
-                component.to(onload_device)
+                component.to(options["onload_device"])
+            elif getattr(component, "_supports_group_offloading", True) is False:
+                logger.info(
+                    f"`{name}` ({type(component).__name__}) does not support group offloading; it is placed on "
+                    f"{options['onload_device']} whole."
+                )
+                component.to(options["onload_device"])
+            elif name == "transformer" and num_resident_blocks:
+                component.enable_group_offload(num_resident_blocks=num_resident_blocks, **options)
             elif hasattr(component, "enable_group_offload"):
-                component.enable_group_offload(onload_device, **kwargs)
+                component.enable_group_offload(**options)
             else:
-                apply_group_offloading(component, onload_device, **kwargs)
+                apply_group_offloading(module=component, **options)
 
     # ------------------------------------------------------------------ fast path: regional compile on CUDA
     _auto_compile = True
