@@ -276,16 +276,24 @@ class MagiHumanPipelineMixin:
         if compile_kwargs.get("backend", "inductor") == "inductor" and not _has_triton():
             logger.warning("Triton is not available: running the DiT eagerly (slower). See docs/performance.md.")
             return
-        # One static graph per layer kind and prompt length at most; the uncond pass and a new resolution add
-        # entries, so make room beyond dynamo's default of 8 (five layer kinds at 1080p).
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
         logger.info(
             "Compiling the DiT blocks (once per process and resolution, ~20 s). Turn off with "
             "`pipe.enable_auto_compile(False)` or MAGIHUMAN_AUTO_COMPILE=0."
         )
         transformer.compile_repeated_blocks(**compile_kwargs)
+
+    def _compile_limits(self):
+        """Room for dynamo's graphs while (and only while) the DiT runs, instead of a process-wide setting.
+
+        One static graph per layer kind and prompt length at most; the uncond pass and a new resolution add entries,
+        so the compiled blocks need more than dynamo's default of 8 (five layer kinds at 1080p). The limit is
+        raised to 64 inside the DiT call and restored after it.
+        """
+        if not getattr(self.transformer, "_magihuman_compile_checked", False) or not hasattr(torch, "_dynamo"):
+            return contextlib.nullcontext()
+        config = torch._dynamo.config
+        patch = {n: max(getattr(config, n), 64) for n in ("recompile_limit", "cache_size_limit") if hasattr(config, n)}
+        return config.patch(**patch) if patch else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -370,7 +378,7 @@ class MagiHumanPipelineMixin:
     def _denoise_pass(self, context: str, latents, audio_latents, embeds, mask, attention_kwargs):
         """One DiT call: `(video_velocity, audio_velocity)` for the `"cond"` or `"uncond"` text (cache context)."""
         self._maybe_auto_compile(latents.device)
-        with self._cache_context(context):
+        with self._cache_context(context), self._compile_limits():
             return self.transformer(
                 hidden_states=latents,
                 audio_hidden_states=audio_latents,

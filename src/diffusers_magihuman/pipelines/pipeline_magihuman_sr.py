@@ -319,6 +319,9 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
                 f"`image_latents` must be encoded at the SR size ({height // 16}x{width // 16} latent), got "
                 f"{tuple(image_latents.shape[-2:])}; pass `image` to re-encode it."
             )
+        num_inference_steps = as_number(num_inference_steps, "num_inference_steps", integer=True)
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         if not isinstance(noise_value, int) or not (0 <= noise_value < 1000):
             raise ValueError(f"`noise_value` must be an integer in [0, 1000), got {noise_value!r}.")
         batch_size = latents.shape[0] if latents is not None else len(video)
@@ -380,11 +383,10 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
 
         # 4. Timesteps: the SR stage always steps with UniPC on the full schedule (spec §6.3, §9.2)
         scheduler = self.scheduler
-        if scheduler.is_distilled:
+        if self._uses_distilled_rule(scheduler):
             logger.info("The SR stage samples with UniPC; ignoring the scheduler's distilled rule.")
             scheduler = MagiHumanScheduler.from_config(scheduler.config, sampler="unipc")
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = scheduler.timesteps
+        timesteps, num_inference_steps = self._set_timesteps(scheduler, num_inference_steps, device)
         self._num_timesteps = len(timesteps)
         g_video = None
         if self._do_cfg:
