@@ -90,3 +90,28 @@ def test_determinism_batch_and_callbacks(base_pipe):
     )  # fmt: skip
     assert seen == [(0, ["audio_latents", "latents"]), (1, ["audio_latents", "latents"])]
     assert out.frames.abs().max() == 0  # the callback's latents replaced the loop's
+
+
+def test_lora_saved_by_either_route_loads_through_the_other(tmp_path):
+    peft = pytest.importorskip("peft")
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = make_tiny_pipeline(seed=0)
+    ref = pipe(PROMPT, num_inference_steps=1, generator=_gen(), **KW).frames
+    trained = make_tiny_pipeline(seed=0).transformer
+    trained.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_out"]))
+    trained.save_lora_adapter(tmp_path / "model_route")
+    MagiHumanPipeline.save_lora_weights(tmp_path / "pipe_route", transformer_lora_layers=get_peft_model_state_dict(trained))
+
+    pipe.load_lora_weights(tmp_path / "model_route", adapter_name="a")  # model-level file -> pipeline loader
+    with_a = pipe(PROMPT, num_inference_steps=1, generator=_gen(), **KW).frames
+    assert (with_a - ref).abs().max() > 1e-4  # the adapter is active
+    pipe.set_adapters(["a"], [1.0])
+    pipe.unload_lora_weights()
+
+    fresh = make_tiny_pipeline(seed=0)
+    fresh.transformer.load_lora_adapter(
+        tmp_path / "pipe_route", weight_name="pytorch_lora_weights.safetensors", prefix="transformer", adapter_name="b"
+    )
+    with_b = fresh(PROMPT, num_inference_steps=1, generator=_gen(), **KW).frames
+    torch.testing.assert_close(with_b, with_a, rtol=0, atol=1e-6)  # same adapter, same numbers either way
