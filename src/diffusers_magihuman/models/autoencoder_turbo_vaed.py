@@ -15,8 +15,8 @@
 
 It maps normalised Wan2.2 latents `[B, 48, T, h, w]` to RGB video `[B, 3, 4(T-1)+1, 16h, 16w]` in [-1, 1] (not
 clamped). The module tree under `decoder.` mirrors upstream's `TurboVAED.decoder`, so an original checkpoint loads
-after stripping its `module.` prefix (see `conversion/convert_turbo_vae_to_diffusers.py`). Behaviour follows
-`pipeline.md` §7.1 / §7.2 of the project spec.
+after stripping its `module.` prefix (see `conversion/convert_turbo_vae_to_diffusers.py`). Behaviour follows the
+original decoder, quirks included.
 """
 
 import math
@@ -58,7 +58,7 @@ def _replicate_pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
 def unpatchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     r"""Folds channel patches back into space, like Wan's `b (c r q) t h w -> b c t (h q) (w r)`.
 
-    Channel `c * p * p + pw * p + ph` goes to output pixel `(p * y + ph, p * x + pw)` (spec §7.2).
+    Channel `c * p * p + pw * p + ph` goes to output pixel `(p * y + ph, p * x + pw)`.
 
     Args:
         x (`torch.Tensor`): `[B, C * p * p, T, H, W]`.
@@ -96,7 +96,7 @@ class TurboVAEDConv3d(nn.Module):
     r"""3D convolution with replicate padding in time and zero padding in space (upstream `TurboVAEDCausalConv3d`).
 
     Despite upstream's name it is not causal: `(kt - 1) // 2` copies of the first / last frame are added on each
-    side in time, so `T` is preserved (spec §7.2).
+    side in time, so `T` is preserved.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int, int] = 3) -> None:
@@ -144,7 +144,7 @@ class TurboVAEDResnetBlock3d(nn.Module):
         out_channels (`int`, *optional*): Output channels (default `in_channels`).
         eps (`float`): Epsilon of the shortcut norm (`resnet_norm_eps`); the two main norms use 1e-8 (upstream).
         first_activation (`str`): `"silu"` or `"relu"` for act1. Upstream switches act1 to ReLU in the resnets of
-            up-blocks that own an upsampler (`is_upsampler_modified`, spec §7.2).
+            up-blocks that own an upsampler (`is_upsampler_modified`).
         is_dw_conv (`bool`): Use depthwise-separable convolutions of size `dw_kernel_size`, else dense 3×3×3.
         dw_kernel_size (`int`): Kernel size of the depthwise convolutions.
     """
@@ -200,7 +200,7 @@ class TurboVAEDResample(nn.Module):
     r"""Upsampler of an up-block (upstream `WanResample`).
 
     * `"upsample3d"`: `time_conv` (3,1,1) C -> 2C, channel halves interleaved in time (`T -> 2T`, or `2T - 1` on the
-      first chunk, which drops output frame 0, spec §7.2 / §9.21), then per frame 2× nearest + Conv2d 3×3.
+      first chunk, which drops output frame 0), then per frame 2× nearest + Conv2d 3×3.
     * `"upsample2d"`: only the per-frame spatial part.
 
     Args:
@@ -298,7 +298,7 @@ class TurboVAEDUpBlock3d(nn.Module):
         super().__init__()
         self.conv_in = None
         if in_channels != out_channels:
-            # the width-changing resnet always uses SiLU (spec §7.2)
+            # the width-changing resnet always uses SiLU
             self.conv_in = TurboVAEDResnetBlock3d(
                 in_channels, out_channels, eps=resnet_eps, is_dw_conv=is_dw_conv, dw_kernel_size=dw_kernel_size
             )
@@ -308,7 +308,7 @@ class TurboVAEDUpBlock3d(nn.Module):
             mode = "upsample2d" if spatio_only else "upsample3d"
             self.upsamplers = nn.ModuleList([TurboVAEDResample(out_channels, mode)])
 
-        # Upstream quirk (spec §7.2): act1 is ReLU in every resnet of a block that has an upsampler.
+        # Upstream quirk: act1 is ReLU in every resnet of a block that has an upsampler.
         first_activation = "relu" if spatio_temporal_scale else "silu"
         self.resnets = nn.ModuleList(
             [
@@ -493,8 +493,8 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
         temporal_compression_ratio (`int`, defaults to 4): Pixel frames per latent frame; sets the window overlap.
         spatial_compression_ratio (`int`, defaults to 16): Pixels per latent pixel (informational, like upstream).
         use_unpatchify (`bool`, defaults to True): Final unpatchify (True) or pixel-shuffle stage (False).
-        latents_mean (`list[float]`, *optional*): Per-channel latent means (default: Wan2.2, spec §7.1).
-        latents_std (`list[float]`, *optional*): Per-channel latent stds (default: Wan2.2, spec §7.1).
+        latents_mean (`list[float]`, *optional*): Per-channel latent means (default: Wan2.2).
+        latents_std (`list[float]`, *optional*): Per-channel latent stds (default: Wan2.2).
     """
 
     _supports_gradient_checkpointing = False
@@ -615,7 +615,7 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
         )
 
     def _denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        # Spec §7.1 / §9.16: z / (1 / std) + mean (division by the stored reciprocal, not z * std), with float32
+        # As the original: z / (1 / std) + mean (division by the stored reciprocal, not z * std), with float32
         # tables even for a bf16 model; the result is cast back to the latent dtype.
         mean = torch.tensor(self.config.latents_mean, dtype=torch.float32, device=z.device)
         inv_std = 1.0 / torch.tensor(self.config.latents_std, dtype=torch.float32, device=z.device)
@@ -842,7 +842,7 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
         overlap = self.config.temporal_compression_ratio  # 1 latent frame of context = 4 pixel frames
         num_frames = z.shape[2]
 
-        # Spec §9.21: pad the end with copies of the last latent frame up to first + n * step frames.
+        # As the original: pad the end with copies of the last latent frame up to first + n * step frames.
         if num_frames < first:
             num_pad = first - num_frames
         else:
@@ -863,7 +863,7 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
             chunks.append(collect(out[:, :, :-overlap]))
             del out
             # later windows: one latent frame of left context (and right context unless last); every window after
-            # the first runs with is_first_chunk=False and is trimmed by `overlap` frames per context side (§9.21)
+            # the first runs with is_first_chunk=False and is trimmed by `overlap` frames per context side
             for start in range(first, num_frames, step):
                 is_last = start + step == num_frames
                 stop = start + step + (0 if is_last else 1)

@@ -278,7 +278,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
         audio_latents: torch.Tensor | None = None,
         draw_audio: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Initial noise, drawn in the original's order: audio first, then video (spec §3.3)."""
+        """Initial noise, drawn in the original's order: audio first, then video."""
         video_shape = (
             batch_size,
             self.latent_channels,
@@ -300,7 +300,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
         return latents.to(device=device, dtype=torch.float32), audio_latents
 
     def encode_driving_audio(self, waveform: torch.Tensor, batch_size: int, generator, device) -> torch.Tensor:
-        """Oobleck-encode a 51.2 kHz mono driving waveform `(S,)` (spec §6.5).
+        """Oobleck-encode a 51.2 kHz mono driving waveform `(S,)`.
 
         Returns the audio latent `(batch_size, Na, 64)` float32. The bottleneck sample draws from `generator`
         before the video noise, as the original does.
@@ -410,8 +410,8 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
             callback_on_step_end, callback_on_step_end_tensor_inputs: diffusers' step-end callback contract.
             attention_kwargs (`dict`, *optional*): passed to the transformer (e.g. LoRA `scale`).
             max_sequence_length (`int`, defaults to 640): text embeddings are padded/trimmed to this length.
-            renoise_driving_audio (`bool`, defaults to `False`): reproduce the original's distilled audio-driven bug
-                (spec §9.8): the DMD rule re-noises and updates the driving audio latent instead of holding it clean.
+            renoise_driving_audio (`bool`, defaults to `False`): reproduce the original's distilled audio-driven bug:
+                the DMD rule re-noises and updates the driving audio latent instead of holding it clean.
                 Only for parity with the original; the fixed behaviour holds it clean.
 
         Examples:
@@ -545,7 +545,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
             audio_condition_latents = audio_condition_latents.to(device=device, dtype=torch.float32)
             if audio_condition_latents.shape[0] == 1 and batch_size > 1:
                 audio_condition_latents = audio_condition_latents.expand(batch_size, -1, -1).clone()
-            num_frames = audio_condition_latents.shape[1]  # spec §6.5 step 5: num_frames = Na
+            num_frames = audio_condition_latents.shape[1]  # audio-driven: one video frame per audio latent frame
         num_latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
 
         # 4. Initial noise: audio then video (T2V/TI2V); video only in audio-driven mode
@@ -588,7 +588,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
                     continue
                 self._current_timestep = t
                 if image_latents is not None:
-                    # TI2V: pin the clean image latent into frame 0 before every call (spec §6.4, §9.18).
+                    # TI2V: pin the clean image latent into frame 0 before every call.
                     latents[:, :, :1] = image_latents
 
                 v_video, v_audio = self._denoise_pass(
@@ -603,7 +603,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
                         negative_prompt_attention_mask,
                         attention_kwargs,
                     )
-                    # Video CFG switches to a fixed 2.0 once t <= 500; audio CFG is constant (spec §6.2, §9.5).
+                    # Video CFG switches to a fixed 2.0 once t <= 500; audio CFG is constant.
                     g = guidance_scale if int(t) > guidance_switch_timestep else late_guidance_scale
                     v_video = u_video + g * (v_video - u_video)
                     v_audio = u_audio + audio_guidance_scale * (v_audio - u_audio)
@@ -613,7 +613,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
                     audio_latents = self._scheduler_step(audio_scheduler, v_audio, t, audio_latents, generator)
                 elif is_distilled:
                     # Fixed behaviour holds the driving audio clean, but still consumes the audio noise draw so that
-                    # the video noise stream is the original's (spec §5.4: video, then audio, every step).
+                    # the video noise stream is the original's.
                     audio_scheduler.step(v_audio, t, audio_latents, generator=generator, return_dict=False)
 
                 if callback_on_step_end is not None:
@@ -628,7 +628,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
                 progress_bar.update()
 
         if image_latents is not None:
-            latents[:, :, :1] = image_latents  # one final pin (spec §6.1 step 4)
+            latents[:, :, :1] = image_latents  # one final pin
         self._current_timestep = None
 
         # 7. Decode

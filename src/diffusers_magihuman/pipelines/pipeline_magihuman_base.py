@@ -139,7 +139,7 @@ class MagiHumanPipelineMixin:
     """Shared helpers. Expects the attributes `transformer`, `text_encoder`, `tokenizer`, `vae`, `audio_vae` and
     optionally `turbo_vae` (the pipelines declare them)."""
 
-    # ------------------------------------------------------------------ registration (spec diffusers.md §1.6)
+    # ------------------------------------------------------------------ registration
     def register_modules(self, **kwargs):
         super().register_modules(**kwargs)
         updates = {}
@@ -167,7 +167,7 @@ class MagiHumanPipelineMixin:
         """diffusers' `from_pipe`, except that without an explicit `dtype` the shared components keep their dtypes.
 
         (diffusers 0.42 ends `from_pipe` with `.to(float32)` by default, which would up-cast a bf16 DiT or text
-        encoder — in the source pipeline too, since the modules are shared; spec diffusers.md §1.5.)
+        encoder — in the source pipeline too, since the modules are shared.)
         """
         if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
             kwargs.pop("dtype", None)
@@ -347,7 +347,7 @@ class MagiHumanPipelineMixin:
         return WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
 
     def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Raw Wan2.2 latent -> DiT latent, `(z - mean) * (1 / std)`, in `latents.dtype` (spec §6.4: bf16 upstream)."""
+        """Raw Wan2.2 latent -> DiT latent, `(z - mean) * (1 / std)`, in `latents.dtype`."""
         mean, std = self._latents_mean_std()
         view = (1, -1) + (1,) * (latents.ndim - 2)
         mean = torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(view)
@@ -355,7 +355,7 @@ class MagiHumanPipelineMixin:
         return (latents - mean) * inv_std
 
     def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """DiT latent -> raw Wan2.2 latent, `z / (1 / std) + mean` (a division by the stored reciprocal, spec §7.1)."""
+        """DiT latent -> raw Wan2.2 latent, `z / (1 / std) + mean` (a division by the stored reciprocal)."""
         mean, std = self._latents_mean_std()
         view = (1, -1) + (1,) * (latents.ndim - 2)
         mean = torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(view)
@@ -401,7 +401,7 @@ class MagiHumanPipelineMixin:
     def _get_t5_prompt_embeds(
         self, prompt: list[str], max_sequence_length: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """T5-Gemma encoder embeddings as the original computes them (spec §4).
+        """T5-Gemma encoder embeddings as the original computes them.
 
         Each prompt is tokenised alone, with no padding or truncation, the encoder output is cast to float16, padded
         or trimmed to `max_sequence_length` rows, then cast to float32. Returns embeddings `(B, L, D)` float32 and a
@@ -419,7 +419,7 @@ class MagiHumanPipelineMixin:
             input_ids = inputs["input_ids"].to(te_device)
             attention_mask = inputs["attention_mask"].to(te_device)
             hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            # Quirk (spec §4, §9.12): encoder output (bf16 upstream) -> float16 -> zero pad/trim -> float32.
+            # Quirk: encoder output (bf16 upstream) -> float16 -> zero pad/trim -> float32.
             hidden = hidden.to(device=device, dtype=torch.float16)
             n = min(hidden.shape[1], max_sequence_length)
             padded = hidden.new_zeros((1, max_sequence_length, hidden.shape[-1]))
@@ -508,7 +508,7 @@ class MagiHumanPipelineMixin:
     def encode_image(
         self, image, height: int, width: int, batch_size: int, device: torch.device
     ) -> torch.Tensor:
-        """Crop/resize/encode the conditioning image as the original (spec §6.4).
+        """Crop/resize/encode the conditioning image as the original.
 
         Returns the normalised first-frame latent `(batch_size, 48, 1, height // 16, width // 16)` float32.
         """
@@ -529,7 +529,7 @@ class MagiHumanPipelineMixin:
             pixels = pixels.to(device=vae_device, dtype=self.vae.dtype).unsqueeze(2)
             posterior = self.vae.encode(pixels).latent_dist
             mu = posterior.mode() if hasattr(posterior, "mode") else posterior.mean
-            # Normalised in the VAE dtype (bf16 upstream), then float32 (spec §6.4 step 4).
+            # Normalised in the VAE dtype (bf16 upstream), then float32.
             latents.append(self.normalize_latents(mu.to(self.vae.dtype)).to(device=device, dtype=torch.float32))
         latents = torch.cat(latents)
         if latents.shape[0] == 1 and batch_size > 1:
@@ -557,17 +557,17 @@ class MagiHumanPipelineMixin:
         decode_with = self._resolve_decoder(decode_with)
         if decode_with == "turbo":
             turbo = self.turbo_vae
-            # The Turbo-VAE denormalises internally, in float32 (spec §7.1).
+            # The Turbo-VAE denormalises internally, in float32.
             video = turbo.decode(latents.to(device=self._input_device(turbo), dtype=turbo.dtype)).sample
         else:
             vae = self.vae
-            # Wan2.2 path: denormalisation in the VAE dtype (bf16 upstream, spec §7.1/§7.3).
+            # Wan2.2 path: denormalisation in the VAE dtype (bf16 upstream).
             z = self.denormalize_latents(latents.to(device=self._input_device(vae), dtype=vae.dtype))
             video = vae.decode(z).sample
         return video.float().clamp(-1.0, 1.0)
 
     def decode_audio_latents(self, audio_latents: torch.Tensor) -> torch.Tensor:
-        """Audio latent `(B, Na, 64)` -> waveform `(B, 2, S)` float32 at `audio_sample_rate` (spec §7.5)."""
+        """Audio latent `(B, Na, 64)` -> waveform `(B, 2, S)` float32 at `audio_sample_rate`."""
         from ..utils.audio import decode_audio
 
         if getattr(self, "audio_vae", None) is None:
@@ -580,13 +580,13 @@ class MagiHumanPipelineMixin:
     @staticmethod
     def postprocess_video(video: torch.Tensor, output_type: str):
         """`(B, 3, F, H, W)` in `[-1, 1]` -> the requested output type (values in `[0, 1]`)."""
-        frames = (video * 0.5 + 0.5).clamp(0.0, 1.0)  # spec §7.4 (uint8 conversion truncates later)
+        frames = (video * 0.5 + 0.5).clamp(0.0, 1.0)  # the uint8 conversion truncates later, as the original
         if output_type == "pt":
             return frames.permute(0, 2, 1, 3, 4).contiguous()
         array = frames.permute(0, 2, 3, 4, 1).detach().cpu().numpy()
         if output_type == "np":
             return array
-        # "pil": truncating uint8 cast like the original (spec §7.4, §9.19).
+        # "pil": truncating uint8 cast like the original.
         u8 = (array * 255).astype(np.uint8)
         return [[PIL.Image.fromarray(f) for f in clip] for clip in u8]
 

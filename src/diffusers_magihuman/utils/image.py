@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Conditioning-image preprocessing for image+text-to-video, as the original's `encode_image` (spec §6.4)."""
+"""Conditioning-image preprocessing for image+text-to-video, as the original's `encode_image`."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from diffusers.video_processor import VideoProcessor
 
 logger = logging.get_logger(__name__)
 
-# The original preprocesses with `VideoProcessor(vae_scale_factor=16)` (spec §6.4 step 3).
+# The original preprocesses with `VideoProcessor(vae_scale_factor=16)`.
 _VAE_SCALE_FACTOR = 16
 _video_processor: VideoProcessor | None = None
 
@@ -43,7 +43,7 @@ def resize_crop(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Im
     """
     Centre-crops `image` to the aspect ratio `width / height`, without resizing (the original's `resizecrop`).
 
-    Quirks kept (spec §6.4 step 2, §9.17): the crop box is computed in floats and PIL rounds each edge half-to-even,
+    Quirks kept: the crop box is computed in floats and PIL rounds each edge half-to-even,
     so the crop can be one pixel wider than the exact aspect ratio (50×37 → 38×37 for a square target); an image that
     already has the target size is returned as is.
 
@@ -66,7 +66,7 @@ def resize_crop(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Im
     else:
         new_h = int(h)
         new_w = int(new_h * width / height)
-    # Float box: PIL rounds each coordinate (spec §9.17).
+    # Float box: PIL rounds each coordinate.
     box = ((w - new_w) / 2, (h - new_h) / 2, (w + new_w) / 2, (h + new_h) / 2)
     return image.crop(box)
 
@@ -172,7 +172,7 @@ def to_pil_image(image) -> PIL.Image.Image:
 
 def preprocess_image(image, height: int, width: int) -> torch.Tensor:
     """
-    The conditioning image as the original hands it to the Wan2.2 VAE (spec §6.4 steps 1-3).
+    The conditioning image as the original hands it to the Wan2.2 VAE.
 
     Steps: load (EXIF transpose + RGB), centre crop to the target aspect ratio ([`resize_crop`]), then diffusers'
     `VideoProcessor(vae_scale_factor=16).preprocess`: PIL Lanczos resize to `width × height`, `/255`, `2x − 1`.
@@ -182,7 +182,7 @@ def preprocess_image(image, height: int, width: int) -> torch.Tensor:
             A PIL image, an image file path (or URL), a uint8 array `(H, W)` / `(H, W, 3|4)`, or a tensor `(3, H, W)`
             / `(H, W, 3)` (optionally with a leading batch of 1). Float arrays/tensors must be in `[0, 1]` and are
             quantised to 8 bits first.
-        height (`int`): Output height, a multiple of 16 (the pipeline snaps sizes to multiples of 32, spec §3.1).
+        height (`int`): Output height, a multiple of 16 (the pipeline snaps sizes to multiples of 32).
         width (`int`): Output width, a multiple of 16.
 
     Returns:
