@@ -11,14 +11,15 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Every touch of diffusers' loader internals lives here, guarded (spec diffusers.md §1.6).
+"""Every touch of diffusers' loader internals lives here, guarded.
 
 diffusers 0.42 resolves ``model_index.json`` entries only through ``sys.modules`` /
 ``diffusers.pipelines`` attributes and looks the pipeline class up as ``getattr(diffusers, name)``. So, on
 ``import diffusers_magihuman`` we:
 
 1. expose the package as ``diffusers.pipelines.diffusers_magihuman`` (Hub ``download()`` accepts it),
-2. set our public classes on ``diffusers`` where the name is free (``DiffusionPipeline.from_pretrained``),
+2. set our public classes on ``diffusers`` where the name is free (``DiffusionPipeline.from_pretrained``), and
+   our pipelines on ``diffusers.pipelines`` too,
 3. record our components as ``["diffusers_magihuman", "ClassName"]`` instead of a module path.
 """
 
@@ -66,7 +67,10 @@ def register_with_diffusers() -> None:
         existing = getattr(diffusers, name, None)
         if existing is None:
             setattr(diffusers, name, obj)
-        elif existing is not obj:
+        if name.endswith("Pipeline") and getattr(diffusers.pipelines, name, None) is None:
+            # `diffusers.pipelines.MagiHumanPipeline`, where diffusers' own pipelines are listed
+            setattr(diffusers.pipelines, name, obj)
+        if existing is not None and existing is not obj:
             logger.warning(
                 f"diffusers already defines `{name}`; `DiffusionPipeline.from_pretrained` will use diffusers' class. "
                 f"Use `diffusers_magihuman.{name}.from_pretrained` to load ours."

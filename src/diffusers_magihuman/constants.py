@@ -13,7 +13,7 @@
 # limitations under the License.
 """Facts of the original daVinci-MagiHuman release that several modules need. One place per fact."""
 
-# Wan2.2 (TI2V-5B) latent statistics, 48 channels (spec pipeline.md §7.1). The DiT works on
+# Wan2.2 (TI2V-5B) latent statistics, 48 channels. The DiT works on
 # normalised latents ``(z - mean) * (1 / std)``.
 WAN22_LATENTS_MEAN = [
     -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
@@ -28,8 +28,7 @@ WAN22_LATENTS_STD = [
     0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
 ]  # fmt: skip
 
-# The original's default negative prompt: video, audio and speech blocks joined with ", "
-# (spec pipeline.md §4; 1719 characters, sha256 4515a21f...2c4b).
+# The original's default negative prompt: video, audio and speech blocks joined with ", " (1719 characters).
 _NEGATIVE_VIDEO = (
     "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
     "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly "
@@ -56,24 +55,24 @@ _NEGATIVE_SPEECH = (
 )
 DEFAULT_NEGATIVE_PROMPT = ", ".join([_NEGATIVE_VIDEO, _NEGATIVE_AUDIO, _NEGATIVE_SPEECH])
 
-# Text encoder output is padded / trimmed to this many tokens (spec §4).
+# Text encoder output is padded / trimmed to this many tokens.
 TEXT_MAX_SEQUENCE_LENGTH = 640
-# Video frame rate; also the audio latent rate (spec §3.2).
+# Video frame rate; also the audio latent rate.
 DEFAULT_FPS = 25
-# Default sampling settings of the shipped configs (spec §1.5, §1.6).
+# Default sampling settings of the shipped configs.
 BASE_NUM_INFERENCE_STEPS = 32
 DISTILL_NUM_INFERENCE_STEPS = 8
 SR_NUM_INFERENCE_STEPS = 5
-# Base-stage video CFG: ``guidance_scale`` while t > 500, then a hard-coded 2.0 (spec §6.2, §9.5).
+# Base-stage video CFG: ``guidance_scale`` while t > 500, then a hard-coded 2.0.
 VIDEO_GUIDANCE_SWITCH_TIMESTEP = 500
 VIDEO_LATE_GUIDANCE_SCALE = 2.0
 DEFAULT_GUIDANCE_SCALE = 5.0
 DEFAULT_AUDIO_GUIDANCE_SCALE = 5.0
-# Super-resolution stage (spec §6.6, §1.5).
+# Super-resolution stage.
 SR_NOISE_VALUE = 220
 SR_AUDIO_NOISE_SCALE = 0.7
 SR_CFG_TRICK_START_FRAME = 13
 SR_CFG_TRICK_VALUE = 2.0
-# Local attention of the 1080p SR model: every layer but these is local (spec dit.md §6).
+# Local attention of the 1080p SR model: every layer but these is local.
 SR_1080P_GLOBAL_LAYERS = (3, 7, 11, 15, 19, 23, 27, 31)
 SR_1080P_FRAME_RECEPTIVE_FIELD = 11

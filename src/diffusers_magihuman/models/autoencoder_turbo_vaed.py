@@ -15,9 +15,11 @@
 
 It maps normalised Wan2.2 latents `[B, 48, T, h, w]` to RGB video `[B, 3, 4(T-1)+1, 16h, 16w]` in [-1, 1] (not
 clamped). The module tree under `decoder.` mirrors upstream's `TurboVAED.decoder`, so an original checkpoint loads
-after stripping its `module.` prefix (see `conversion/convert_turbo_vae_to_diffusers.py`). Behaviour follows
-`pipeline.md` §7.1 / §7.2 of the project spec.
+after stripping its `module.` prefix (see `conversion/convert_turbo_vae_to_diffusers.py`). Behaviour follows the
+original decoder, quirks included.
 """
+
+import math
 
 import torch
 import torch.nn as nn
@@ -56,7 +58,7 @@ def _replicate_pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
 def unpatchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     r"""Folds channel patches back into space, like Wan's `b (c r q) t h w -> b c t (h q) (w r)`.
 
-    Channel `c * p * p + pw * p + ph` goes to output pixel `(p * y + ph, p * x + pw)` (spec §7.2).
+    Channel `c * p * p + pw * p + ph` goes to output pixel `(p * y + ph, p * x + pw)`.
 
     Args:
         x (`torch.Tensor`): `[B, C * p * p, T, H, W]`.
@@ -94,7 +96,7 @@ class TurboVAEDConv3d(nn.Module):
     r"""3D convolution with replicate padding in time and zero padding in space (upstream `TurboVAEDCausalConv3d`).
 
     Despite upstream's name it is not causal: `(kt - 1) // 2` copies of the first / last frame are added on each
-    side in time, so `T` is preserved (spec §7.2).
+    side in time, so `T` is preserved.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int, int] = 3) -> None:
@@ -142,7 +144,7 @@ class TurboVAEDResnetBlock3d(nn.Module):
         out_channels (`int`, *optional*): Output channels (default `in_channels`).
         eps (`float`): Epsilon of the shortcut norm (`resnet_norm_eps`); the two main norms use 1e-8 (upstream).
         first_activation (`str`): `"silu"` or `"relu"` for act1. Upstream switches act1 to ReLU in the resnets of
-            up-blocks that own an upsampler (`is_upsampler_modified`, spec §7.2).
+            up-blocks that own an upsampler (`is_upsampler_modified`).
         is_dw_conv (`bool`): Use depthwise-separable convolutions of size `dw_kernel_size`, else dense 3×3×3.
         dw_kernel_size (`int`): Kernel size of the depthwise convolutions.
     """
@@ -198,7 +200,7 @@ class TurboVAEDResample(nn.Module):
     r"""Upsampler of an up-block (upstream `WanResample`).
 
     * `"upsample3d"`: `time_conv` (3,1,1) C -> 2C, channel halves interleaved in time (`T -> 2T`, or `2T - 1` on the
-      first chunk, which drops output frame 0, spec §7.2 / §9.21), then per frame 2× nearest + Conv2d 3×3.
+      first chunk, which drops output frame 0), then per frame 2× nearest + Conv2d 3×3.
     * `"upsample2d"`: only the per-frame spatial part.
 
     Args:
@@ -296,7 +298,7 @@ class TurboVAEDUpBlock3d(nn.Module):
         super().__init__()
         self.conv_in = None
         if in_channels != out_channels:
-            # the width-changing resnet always uses SiLU (spec §7.2)
+            # the width-changing resnet always uses SiLU
             self.conv_in = TurboVAEDResnetBlock3d(
                 in_channels, out_channels, eps=resnet_eps, is_dw_conv=is_dw_conv, dw_kernel_size=dw_kernel_size
             )
@@ -306,7 +308,7 @@ class TurboVAEDUpBlock3d(nn.Module):
             mode = "upsample2d" if spatio_only else "upsample3d"
             self.upsamplers = nn.ModuleList([TurboVAEDResample(out_channels, mode)])
 
-        # Upstream quirk (spec §7.2): act1 is ReLU in every resnet of a block that has an upsampler.
+        # Upstream quirk: act1 is ReLU in every resnet of a block that has an upsampler.
         first_activation = "relu" if spatio_temporal_scale else "silu"
         self.resnets = nn.ModuleList(
             [
@@ -491,8 +493,8 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
         temporal_compression_ratio (`int`, defaults to 4): Pixel frames per latent frame; sets the window overlap.
         spatial_compression_ratio (`int`, defaults to 16): Pixels per latent pixel (informational, like upstream).
         use_unpatchify (`bool`, defaults to True): Final unpatchify (True) or pixel-shuffle stage (False).
-        latents_mean (`list[float]`, *optional*): Per-channel latent means (default: Wan2.2, spec §7.1).
-        latents_std (`list[float]`, *optional*): Per-channel latent stds (default: Wan2.2, spec §7.1).
+        latents_mean (`list[float]`, *optional*): Per-channel latent means (default: Wan2.2).
+        latents_std (`list[float]`, *optional*): Per-channel latent stds (default: Wan2.2).
     """
 
     _supports_gradient_checkpointing = False
@@ -613,7 +615,7 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
         )
 
     def _denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        # Spec §7.1 / §9.16: z / (1 / std) + mean (division by the stored reciprocal, not z * std), with float32
+        # As the original: z / (1 / std) + mean (division by the stored reciprocal, not z * std), with float32
         # tables even for a bf16 model; the result is cast back to the latent dtype.
         mean = torch.tensor(self.config.latents_mean, dtype=torch.float32, device=z.device)
         inv_std = 1.0 / torch.tensor(self.config.latents_std, dtype=torch.float32, device=z.device)
@@ -673,12 +675,166 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
             result_rows.append(stitched if r == len(rows) - 1 else stitched[..., : self.tile_sample_stride_height, :])
         return torch.cat(result_rows, dim=3)
 
+    # ------------------------------------------------------------------ memory-bounded exact decode
+    def set_decode_memory_budget(self, max_bytes: int | None) -> None:
+        r"""Bound the working set of each decoded window to `max_bytes` (estimated), on any device.
+
+        By default (`None`) the budget is the memory free on a CUDA device when the decode starts (what the driver
+        reports plus the caching allocator's unused blocks, 90% of it), and unbounded elsewhere. A window that would
+        not fit is decoded in spatial tiles with a halo of the decoder's receptive field, so the result is the same
+        as the whole-window decode (each tile sees every latent pixel its outputs depend on), unlike
+        [`~AutoencoderTurboVAED.enable_tiling`], which blends overlapping tiles.
+        """
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"`max_bytes` must be positive or None, got {max_bytes}.")
+        self._decode_memory_budget = max_bytes
+
+    def _memory_budget(self, device: torch.device) -> int | None:
+        budget = getattr(self, "_decode_memory_budget", None)
+        if budget is not None:
+            return budget
+        if device.type == "cuda" and torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info(device)
+            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            return int(0.9 * (free + cached))
+        return None
+
+    @staticmethod
+    def _conv_radius(conv: nn.Module | None) -> int:
+        """Spatial reach (pixels on each side) of one of the decoder's convolutions."""
+        if conv is None:
+            return 0
+        if isinstance(conv, TurboVAEDDepthwiseSeparableConv3d):
+            return conv.kernel_size[1] // 2
+        if isinstance(conv, TurboVAEDConv3d):
+            return conv.kernel_size[1] // 2
+        return conv.kernel_size[-1] // 2  # nn.Conv2d / nn.Conv3d
+
+    def _spatial_halo(self) -> int:
+        """Latent pixels of context each side that a decoded pixel depends on (the receptive-field radius).
+
+        Walks the decoder: a k x k convolution at spatial scale s (output pixels per latent pixel) reaches
+        `(k // 2) / s` latent pixels; upsamplers (nearest 2x) double s; norms and activations are per pixel.
+        """
+        dec = self.decoder
+        reach, scale = 0.0, 1
+
+        def resnet_reach(block) -> int:
+            return self._conv_radius(block.conv1) + self._conv_radius(block.conv2)
+
+        reach += self._conv_radius(dec.conv_in)
+        for resnet in dec.mid_block.resnets:
+            reach += resnet_reach(resnet) / scale
+        for block in dec.up_blocks:
+            if block.conv_in is not None:
+                reach += resnet_reach(block.conv_in) / scale
+            if block.upsamplers is not None:
+                for upsampler in block.upsamplers:
+                    scale *= 2
+                    reach += self._conv_radius(upsampler.resample[1]) / scale
+            for resnet in block.resnets:
+                reach += resnet_reach(resnet) / scale
+        if dec.upsampler2d_1 is not None:
+            reach += self._conv_radius(dec.upsampler2d_1.conv) / scale
+            scale *= 2
+        reach += self._conv_radius(dec.conv_out) / scale
+        return int(math.ceil(reach)) + 1
+
+    def _estimate_window_bytes(self, frames: int, height: int, width: int) -> int:
+        """Estimated peak working set of decoding a latent window `[1, C, frames, height, width]`.
+
+        The largest activation (channels x frames x pixels at some stage of the decoder) times 28 bytes per element
+        for a bf16 model: input, padded copy and output of a convolution in the model dtype, plus the float32
+        temporaries of the RMS norm. The factor is calibrated on the measured whole-window 1080p decode (35.6 GB
+        for a 1.2e9-element last stage, bf16); float32 models count twice the model-dtype part.
+        """
+        dec = self.decoder
+        elem = torch.finfo(self.dtype).bits // 8 if self.dtype.is_floating_point else 4
+        channels, t, scale = dec.conv_in.conv.out_channels, frames, 1
+        peak = channels * t * height * width
+        for block in dec.up_blocks:
+            if block.upsamplers is not None:
+                for upsampler in block.upsamplers:
+                    if upsampler.time_conv is not None:
+                        t *= 2
+                    scale *= 2
+            last = block.resnets[-1].conv2 if len(block.resnets) else None
+            if last is not None:
+                channels = getattr(last, "conv", getattr(last, "pointwise_conv", None)).out_channels
+            peak = max(peak, channels * t * height * scale * width * scale)
+        return int(peak * (6 * elem + 16))
+
+    def _plan_tiles(self, frames: int, height: int, width: int, budget: int) -> tuple[int, int]:
+        """The fewest (rows, columns) of tiles whose haloed windows fit `budget`.
+
+        Tiles narrower than the halo save little (each still decodes its halo), so at most `size // halo` tiles
+        per axis are tried; if none fits, the smallest estimate is used and the decode may still run out of memory.
+        """
+        halo = self._spatial_halo()
+        max_rows, max_cols = max(1, height // halo), max(1, width // halo)
+        candidates = sorted(
+            ((r * c, r, c) for r in range(1, max_rows + 1) for c in range(1, max_cols + 1)), key=lambda x: (x[0], -x[2])
+        )
+        best, best_bytes = (1, 1), None
+        for _, rows, cols in candidates:
+            tile_h = min(height, -(-height // rows) + 2 * halo)
+            tile_w = min(width, -(-width // cols) + 2 * halo)
+            need = self._estimate_window_bytes(frames, tile_h, tile_w)
+            if need <= budget:
+                return rows, cols
+            if best_bytes is None or need < best_bytes:
+                best, best_bytes = (rows, cols), need
+        logger.warning(
+            f"Turbo-VAE: a {height}x{width} latent window needs about {best_bytes / 2**30:.1f} GiB even in "
+            f"{best[0]}x{best[1]} tiles, more than the {budget / 2**30:.1f} GiB free; trying anyway. Free GPU memory "
+            "(e.g. `enable_model_cpu_offload()`) or decode with `output_type='latent'` and later."
+        )
+        return best
+
+    def _exact_tiled_decode_window(self, z: torch.Tensor, is_first_chunk: bool, rows: int, cols: int) -> torch.Tensor:
+        """Decode `z` in `rows x cols` spatial tiles, each with a receptive-field halo, and keep only their centres.
+
+        Every convolution, norm and upsampler of the decoder is local or per pixel in space, and the halo covers the
+        receptive field, so each kept pixel is computed from the same inputs as in the whole-window decode.
+        """
+        halo = self._spatial_halo()
+        up = self.decoder.spatial_upscale
+        height, width = z.shape[-2:]
+        row_edges = [round(i * height / rows) for i in range(rows + 1)]
+        col_edges = [round(j * width / cols) for j in range(cols + 1)]
+        out = None
+        for i0, i1 in zip(row_edges[:-1], row_edges[1:]):
+            for j0, j1 in zip(col_edges[:-1], col_edges[1:]):
+                a0, a1 = max(0, i0 - halo), min(height, i1 + halo)
+                b0, b1 = max(0, j0 - halo), min(width, j1 + halo)
+                tile = self.decoder(z[:, :, :, a0:a1, b0:b1], is_first_chunk=is_first_chunk)
+                if out is None:
+                    out = tile.new_empty(tile.shape[:3] + (height * up, width * up))
+                out[..., i0 * up : i1 * up, j0 * up : j1 * up] = tile[
+                    ..., (i0 - a0) * up : (i1 - a0) * up, (j0 - b0) * up : (j1 - b0) * up
+                ]
+                del tile
+        return out
+
     def _decode_window(self, z: torch.Tensor, is_first_chunk: bool) -> torch.Tensor:
         if self.use_tiling and (
             z.shape[-2] * self.decoder.spatial_upscale > self.tile_sample_min_height
             or z.shape[-1] * self.decoder.spatial_upscale > self.tile_sample_min_width
         ):
             return self._tiled_decode_window(z, is_first_chunk)
+        budget = self._memory_budget(z.device)
+        if budget is not None:
+            frames, height, width = z.shape[2], z.shape[3], z.shape[4]
+            if z.shape[0] * self._estimate_window_bytes(frames, height, width) > budget:
+                if z.shape[0] > 1:  # one sample at a time first: exact, and often enough
+                    return torch.cat([self._decode_window(zs, is_first_chunk) for zs in z.split(1)], dim=0)
+                rows, cols = self._plan_tiles(frames, height, width, budget)
+                if rows * cols > 1:
+                    logger.info(
+                        f"Turbo-VAE: decoding {height}x{width} latent windows in {rows}x{cols} exact tiles to stay "
+                        f"within {budget / 2**30:.1f} GiB."
+                    )
+                    return self._exact_tiled_decode_window(z, is_first_chunk, rows, cols)
         return self.decoder(z, is_first_chunk=is_first_chunk)
 
     def _sliding_window_decode(self, z: torch.Tensor, output_device: torch.device | str | None) -> torch.Tensor:
@@ -686,7 +842,7 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
         overlap = self.config.temporal_compression_ratio  # 1 latent frame of context = 4 pixel frames
         num_frames = z.shape[2]
 
-        # Spec §9.21: pad the end with copies of the last latent frame up to first + n * step frames.
+        # As the original: pad the end with copies of the last latent frame up to first + n * step frames.
         if num_frames < first:
             num_pad = first - num_frames
         else:
@@ -707,7 +863,7 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
             chunks.append(collect(out[:, :, :-overlap]))
             del out
             # later windows: one latent frame of left context (and right context unless last); every window after
-            # the first runs with is_first_chunk=False and is trimmed by `overlap` frames per context side (§9.21)
+            # the first runs with is_first_chunk=False and is trimmed by `overlap` frames per context side
             for start in range(first, num_frames, step):
                 is_last = start + step == num_frames
                 stop = start + step + (0 if is_last else 1)

@@ -25,3 +25,27 @@ class MagiHumanLoraLoaderMixin(Mochi1LoraLoaderMixin):
     diffusers' transformer-only mixin (written for Mochi, with no key conversion) already does exactly this; we reuse
     it as is rather than copy its methods. Fusing rounds into the bf16 block weights.
     """
+
+    @classmethod
+    def lora_state_dict(cls, pretrained_model_name_or_path_or_dict, **kwargs):
+        r"""
+        diffusers' [`~loaders.lora_pipeline.Mochi1LoraLoaderMixin.lora_state_dict`], also reading files written by
+        `pipe.transformer.save_lora_adapter(...)`: their keys have no `transformer.` prefix (`blocks.0.attn...`),
+        which the pipeline-level loader would otherwise skip ("no LoRA keys found"). Such keys get the prefix, so
+        both routes load through `pipe.load_lora_weights`; files written by `save_lora_weights` load unchanged, and
+        load into the transformer alone with `transformer.load_lora_adapter(path, prefix="transformer")`.
+        """
+        out = super().lora_state_dict(pretrained_model_name_or_path_or_dict, **kwargs)
+        state_dict = out[0] if isinstance(out, tuple) else out
+        prefix = f"{cls.transformer_name}."
+        if state_dict and not any(k.startswith(prefix) for k in state_dict):
+            state_dict = {prefix + k: v for k, v in state_dict.items()}
+            if isinstance(out, tuple):
+                metadata = out[1] if len(out) > 1 else None
+                if metadata and not any(k.startswith(prefix) for k in metadata):
+                    # the adapter config is filtered by the same prefix as the weights
+                    metadata = {prefix + k: v for k, v in metadata.items()}
+                out = (state_dict, metadata) + tuple(out[2:])
+            else:
+                out = state_dict
+        return out

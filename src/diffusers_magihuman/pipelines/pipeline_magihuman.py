@@ -40,7 +40,7 @@ from ..models.autoencoder_turbo_vaed import AutoencoderTurboVAED
 from ..models.transformer_magihuman import MagiHumanTransformer3DModel
 from ..schedulers.scheduling_magihuman import MagiHumanScheduler
 from .lora_magihuman import MagiHumanLoraLoaderMixin
-from .pipeline_magihuman_base import MagiHumanPipelineMixin, snap_size
+from .pipeline_magihuman_base import MagiHumanPipelineMixin, as_number, check_tensor, snap_size, warn_once
 
 
 logger = logging.get_logger(__name__)
@@ -108,25 +108,49 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
 
     # ------------------------------------------------------------------ inputs
     def _frames_from_request(self, num_frames, seconds, fps, has_audio) -> int | None:
+        """The clip length in frames (`None`: it comes from the driving audio).
+
+        The audio latent has one frame per video frame at 25 frames/s and the video latent `(num_frames - 1) // 4 + 1`
+        frames, which decode to `4 * (T - 1) + 1` pictures; so `num_frames` is snapped to that `4k + 1` grid (with a
+        warning) to keep the audio and the video the same length. `seconds` keeps the original's
+        `seconds * fps + 1` (the decoded audio is cut to the video, see `trim_audio_to_video`).
+        """
+        fps = as_number(fps, "fps")
+        if fps != DEFAULT_FPS:
+            raise ValueError(
+                f"`fps` must be {DEFAULT_FPS}, got {fps!r}: the model makes video frames and audio latent frames at "
+                f"{DEFAULT_FPS} per second, so any other rate would put the sound out of step with the picture. "
+                "Choose the length with `seconds` or `num_frames`, and resample the frames when exporting if you need "
+                "another frame rate."
+            )
+        fps = DEFAULT_FPS
         if num_frames is not None and seconds is not None:
             raise ValueError("Give either `num_frames` or `seconds`, not both.")
         if has_audio and num_frames is not None:
             raise ValueError(
                 "In audio-driven mode the clip length comes from the audio; use `seconds` to trim it, not `num_frames`."
             )
+        max_frames = MAX_SECONDS * fps + 1
         if seconds is not None:
-            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not (0 < seconds <= MAX_SECONDS):
+            seconds = as_number(seconds, "seconds")
+            if not (0 < seconds <= MAX_SECONDS):
                 raise ValueError(f"`seconds` must be a number in (0, {MAX_SECONDS}], got {seconds!r}.")
             if has_audio:
                 return None
-            # T2V / TI2V: num_frames = seconds * fps + 1 (spec §3.2).
+            # T2V / TI2V: num_frames = seconds * fps + 1, as the original (4 s -> 101 frames).
             return int(seconds * fps) + 1
         if num_frames is not None:
-            if not isinstance(num_frames, int) or isinstance(num_frames, bool) or not (
-                1 <= num_frames <= MAX_SECONDS * fps + 1
-            ):
-                raise ValueError(f"`num_frames` must be an integer in [1, {MAX_SECONDS * fps + 1}], got {num_frames!r}.")
-            return num_frames
+            num_frames = as_number(num_frames, "num_frames", integer=True)
+            if not (1 <= num_frames <= max_frames):
+                raise ValueError(f"`num_frames` must be an integer in [1, {max_frames}], got {num_frames!r}.")
+            scale = self.vae_scale_factor_temporal
+            snapped = min(((num_frames - 1 + scale // 2) // scale) * scale + 1, max_frames)
+            if snapped != num_frames:
+                logger.warning(
+                    f"`num_frames={num_frames}` is not of the form {scale}k+1 that the video latent decodes to; using "
+                    f"{snapped} so that the audio and the video have the same length."
+                )
+            return snapped
         return None if has_audio else 4 * fps + 1  # the original's 4 s default
 
     def check_inputs(
@@ -147,9 +171,12 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
         callback_on_step_end_tensor_inputs,
         generator,
         batch_size,
+        prompt_attention_mask=None,
+        negative_prompt_attention_mask=None,
     ):
+        distilled = self._uses_distilled_rule()
         do_cfg_requested = guidance_scale is not None and guidance_scale > 1.0
-        if self.scheduler.is_distilled and do_cfg_requested:
+        if distilled and do_cfg_requested:
             raise ValueError(
                 f"The scheduler uses the distilled (DMD-2) step rule, which samples without guidance; got "
                 f"`guidance_scale={guidance_scale}`. Leave it unset (or 1.0), or load a base checkpoint's scheduler."
@@ -158,11 +185,13 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
             prompt,
             prompt_embeds,
             negative_prompt_embeds,
-            do_cfg_requested or (guidance_scale is None and not self.scheduler.is_distilled),
+            do_cfg_requested or (guidance_scale is None and not distilled),
             output_type,
             callback_on_step_end_tensor_inputs,
             generator,
             batch_size,
+            prompt_attention_mask,
+            negative_prompt_attention_mask,
         )
         if image is not None and image_latents is not None:
             raise ValueError("Give either `image` or `image_latents`, not both.")
@@ -170,6 +199,10 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
             raise ValueError("Give either `audio` or `audio_condition_latents`, not both.")
         h, w = height // 16, width // 16
         c = self.latent_channels
+        check_tensor(image_latents, "image_latents")
+        check_tensor(latents, "latents")
+        check_tensor(audio_latents, "audio_latents")
+        check_tensor(audio_condition_latents, "audio_condition_latents")
         if image_latents is not None:
             if image_latents.ndim != 5 or image_latents.shape[1] != c or image_latents.shape[2] != 1:
                 raise ValueError(
@@ -180,6 +213,10 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
                     f"`image_latents` spatial size {tuple(image_latents.shape[-2:])} does not match height/width "
                     f"{height}x{width} (latent {h}x{w})."
                 )
+            if image_latents.shape[0] not in (1, batch_size):
+                raise ValueError(
+                    f"`image_latents` has batch {image_latents.shape[0]}; give 1 or one per video ({batch_size})."
+                )
         if latents is not None:
             if latents.ndim != 5 or latents.shape[1] != c or tuple(latents.shape[-2:]) != (h, w):
                 raise ValueError(
@@ -189,6 +226,43 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
         for name, x in (("audio_latents", audio_latents), ("audio_condition_latents", audio_condition_latents)):
             if x is not None and (x.ndim != 3 or x.shape[-1] != audio_c):
                 raise ValueError(f"`{name}` must be (B, Na, {audio_c}), got {tuple(x.shape)}.")
+        if audio_condition_latents is not None:
+            max_frames = MAX_SECONDS * DEFAULT_FPS + 1
+            if not (1 <= audio_condition_latents.shape[1] <= max_frames):
+                raise ValueError(
+                    f"`audio_condition_latents` has {audio_condition_latents.shape[1]} frames; the model makes clips "
+                    f"of at most {MAX_SECONDS} s ({max_frames} frames)."
+                )
+            if audio_condition_latents.shape[0] not in (1, batch_size):
+                raise ValueError(
+                    f"`audio_condition_latents` has batch {audio_condition_latents.shape[0]}; give 1 or one per video "
+                    f"({batch_size})."
+                )
+
+    def _warn_ignored_arguments(self, distilled, do_cfg, negative_prompt, negative_prompt_embeds, extra_cfg_args):
+        """Arguments that change nothing in this configuration are reported once, rather than silently dropped."""
+        reason = (
+            "the distilled (DMD-2) scheduler samples without classifier-free guidance"
+            if distilled
+            else "guidance is off (`guidance_scale` <= 1)"
+        )
+        if not do_cfg:
+            given = [n for n, v in (("negative_prompt", negative_prompt), ("negative_prompt_embeds", negative_prompt_embeds)) if v is not None]
+            given += [n for n, changed in extra_cfg_args.items() if changed]
+            if given:
+                warn_once(f"ignored-cfg-{'-'.join(given)}-{distilled}", f"{', '.join(f'`{g}`' for g in given)} ignored: {reason}.")
+
+    def _check_driving_audio_length(self, waveform) -> None:
+        from ..utils.audio import AUDIO_SAMPLE_RATE
+
+        seconds = waveform.shape[0] / AUDIO_SAMPLE_RATE
+        if seconds > MAX_SECONDS + 1e-9:
+            raise ValueError(
+                f"The driving `audio` is {seconds:.2f} s long; the model makes clips of at most {MAX_SECONDS} s. "
+                f"Pass `seconds=` (at most {MAX_SECONDS}) to use its beginning, or cut the audio."
+            )
+        if not bool(torch.isfinite(waveform).all()):
+            raise ValueError("The driving `audio` contains NaN or Inf samples; refusing to encode it.")
 
     # ------------------------------------------------------------------ latents
     def prepare_latents(
@@ -204,7 +278,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
         audio_latents: torch.Tensor | None = None,
         draw_audio: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Initial noise, drawn in the original's order: audio first, then video (spec §3.3)."""
+        """Initial noise, drawn in the original's order: audio first, then video."""
         video_shape = (
             batch_size,
             self.latent_channels,
@@ -226,7 +300,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
         return latents.to(device=device, dtype=torch.float32), audio_latents
 
     def encode_driving_audio(self, waveform: torch.Tensor, batch_size: int, generator, device) -> torch.Tensor:
-        """Oobleck-encode a 51.2 kHz mono driving waveform `(S,)` (spec §6.5).
+        """Oobleck-encode a 51.2 kHz mono driving waveform `(S,)`.
 
         Returns the audio latent `(batch_size, Na, 64)` float32. The bottleneck sample draws from `generator`
         before the video noise, as the original does.
@@ -271,6 +345,8 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
         seconds: float | None = None,
         fps: int = DEFAULT_FPS,
         num_inference_steps: int | None = None,
+        sigmas: list[float] | None = None,
+        timesteps: list[int] | None = None,
         guidance_scale: float | None = None,
         audio_guidance_scale: float = DEFAULT_AUDIO_GUIDANCE_SCALE,
         late_guidance_scale: float = VIDEO_LATE_GUIDANCE_SCALE,
@@ -309,9 +385,15 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
             height (`int`, defaults to 256), width (`int`, defaults to 448): pixels, rounded down to multiples of 32.
             num_frames (`int`, *optional*) or seconds (`float`, *optional*): clip length; `num_frames = seconds*fps+1`
                 (4 s when neither is given). The audio latent has `num_frames` frames, the video latent
-                `(num_frames - 1) // 4 + 1`. In audio-driven mode the length comes from the audio.
-            fps (`int`, defaults to 25): frame rate; the model was trained at 25.
+                `(num_frames - 1) // 4 + 1`, decoded to `4 * (T - 1) + 1` frames: `num_frames` is snapped to that
+                `4k + 1` grid with a warning, and the decoded audio is never more than one frame longer than the video.
+                At most 60 s. In audio-driven mode the length comes from the audio (at most 60 s).
+            fps (`int`, defaults to 25): frame rate. Only 25 is accepted: the model makes video and audio latent frames
+                at 25 per second, and another rate would put the sound out of step.
             num_inference_steps (`int`, *optional*): 32 for UniPC (base), 8 for the distilled rule by default.
+            sigmas (`list[float]`, *optional*), timesteps (`list[int]`, *optional*): a custom schedule, passed to the
+                scheduler's `set_timesteps` as diffusers' Wan and LTX-2 pipelines do ([`MagiHumanScheduler`] takes
+                unshifted `sigmas`; stock flow schedulers take theirs).
             guidance_scale (`float`, *optional*): video CFG while `t > guidance_switch_timestep` (5.0 by default), then
                 `late_guidance_scale` (2.0), as the original. Must stay unset/1.0 with a distilled scheduler.
             audio_guidance_scale (`float`, defaults to 5.0): audio CFG (constant).
@@ -328,8 +410,8 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
             callback_on_step_end, callback_on_step_end_tensor_inputs: diffusers' step-end callback contract.
             attention_kwargs (`dict`, *optional*): passed to the transformer (e.g. LoRA `scale`).
             max_sequence_length (`int`, defaults to 640): text embeddings are padded/trimmed to this length.
-            renoise_driving_audio (`bool`, defaults to `False`): reproduce the original's distilled audio-driven bug
-                (spec §9.8): the DMD rule re-noises and updates the driving audio latent instead of holding it clean.
+            renoise_driving_audio (`bool`, defaults to `False`): reproduce the original's distilled audio-driven bug:
+                the DMD rule re-noises and updates the driving audio latent instead of holding it clean.
                 Only for parity with the original; the fixed behaviour holds it clean.
 
         Examples:
@@ -343,13 +425,25 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
 
         # 1. Check inputs (everything that can fail does so here, before any model runs)
         height, width = snap_size(height, width)
-        if not isinstance(num_videos_per_prompt, int) or num_videos_per_prompt < 1:
+        num_videos_per_prompt = as_number(num_videos_per_prompt, "num_videos_per_prompt", integer=True)
+        if num_videos_per_prompt < 1:
             raise ValueError(f"`num_videos_per_prompt` must be a positive integer, got {num_videos_per_prompt!r}.")
         if prompt is not None:
-            n_prompts = 1 if isinstance(prompt, str) else len(prompt)
+            n_prompts = len(self._check_prompt(prompt, "prompt"))
         else:
-            n_prompts = prompt_embeds.shape[0] if prompt_embeds is not None else 1
+            n_prompts = prompt_embeds.shape[0] if isinstance(prompt_embeds, torch.Tensor) else 1
         batch_size = n_prompts * num_videos_per_prompt
+        if guidance_scale is not None:
+            guidance_scale = as_number(guidance_scale, "guidance_scale")
+        audio_guidance_scale = as_number(audio_guidance_scale, "audio_guidance_scale")
+        late_guidance_scale = as_number(late_guidance_scale, "late_guidance_scale")
+        guidance_switch_timestep = as_number(guidance_switch_timestep, "guidance_switch_timestep")
+        if negative_prompt is not None:
+            negs = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+            if not isinstance(negs, (list, tuple)) or not all(isinstance(n, str) for n in negs):
+                raise ValueError(
+                    f"`negative_prompt` must be a string or a list of strings, got {negative_prompt!r}."
+                )
         self.check_inputs(
             prompt,
             height,
@@ -367,29 +461,59 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
             callback_on_step_end_tensor_inputs,
             generator,
             batch_size,
+            prompt_attention_mask,
+            negative_prompt_attention_mask,
         )
-        is_distilled = self.scheduler.is_distilled
+        is_distilled = self._uses_distilled_rule()
+        if renoise_driving_audio and not is_distilled:
+            raise ValueError(
+                "`renoise_driving_audio=True` reproduces a quirk of the distilled DMD-2 rule; it needs "
+                "`MagiHumanScheduler(sampler='dmd')` as the scheduler."
+            )
         if guidance_scale is None:
             guidance_scale = 1.0 if is_distilled else DEFAULT_GUIDANCE_SCALE
-        if num_inference_steps is None:
+        if num_inference_steps is None and sigmas is None and timesteps is None:
             num_inference_steps = DISTILL_NUM_INFERENCE_STEPS if is_distilled else BASE_NUM_INFERENCE_STEPS
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
-        num_frames = self._frames_from_request(
-            num_frames, seconds, fps, has_audio=audio is not None or audio_condition_latents is not None
+        if num_inference_steps is not None:
+            num_inference_steps = as_number(num_inference_steps, "num_inference_steps", integer=True)
+            if num_inference_steps < 1:
+                raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+        self._check_schedule(self.scheduler, num_inference_steps, sigmas, timesteps)
+        self._warn_ignored_arguments(
+            is_distilled,
+            guidance_scale > 1.0,
+            negative_prompt,
+            negative_prompt_embeds,
+            {
+                "audio_guidance_scale": audio_guidance_scale != DEFAULT_AUDIO_GUIDANCE_SCALE,
+                "late_guidance_scale": late_guidance_scale != VIDEO_LATE_GUIDANCE_SCALE,
+                "guidance_switch_timestep": guidance_switch_timestep != VIDEO_GUIDANCE_SWITCH_TIMESTEP,
+            },
         )
+        is_a2v = audio is not None or audio_condition_latents is not None
+        if renoise_driving_audio and not is_a2v:
+            warn_once("ignored-renoise", "`renoise_driving_audio` ignored: there is no driving audio.")
+        if driving_audio_sample_rate is not None and audio is None:
+            warn_once("ignored-driving-sr", "`driving_audio_sample_rate` ignored: no driving `audio` was given.")
+        num_frames = self._frames_from_request(num_frames, seconds, fps, has_audio=is_a2v)
         if image is not None:
             image = self.load_image(image)  # unreadable files fail here, before any model runs
         waveform = None
         if audio is not None:
             # Decoded, resampled and trimmed once, here, so a bad file fails before any model runs.
             waveform = self._load_driving_audio(audio, seconds, driving_audio_sample_rate)
+            self._check_driving_audio_length(waveform)
         if latents is not None and num_frames is not None:
             expected_t = (num_frames - 1) // self.vae_scale_factor_temporal + 1
             if latents.shape[2] != expected_t:
                 raise ValueError(
                     f"`latents` have {latents.shape[2]} latent frames but {num_frames} frames need {expected_t}."
                 )
+        if audio_latents is not None and num_frames is not None and audio_latents.shape[1] != num_frames:
+            raise ValueError(
+                f"`audio_latents` have {audio_latents.shape[1]} frames but the clip has {num_frames} (one audio latent "
+                "frame per video frame)."
+            )
 
         self._guidance_scale = guidance_scale
         self._do_cfg = guidance_scale > 1.0
@@ -414,15 +538,14 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
             )
         )
 
-        # 3. Conditioning: driving audio (draws the bottleneck noise first, spec §3.3) and image
-        is_a2v = audio is not None or audio_condition_latents is not None
+        # 3. Conditioning: driving audio (draws the bottleneck noise first, as the original) and image
         if waveform is not None:
             audio_condition_latents = self.encode_driving_audio(waveform, batch_size, generator, device)
         if audio_condition_latents is not None:
             audio_condition_latents = audio_condition_latents.to(device=device, dtype=torch.float32)
             if audio_condition_latents.shape[0] == 1 and batch_size > 1:
                 audio_condition_latents = audio_condition_latents.expand(batch_size, -1, -1).clone()
-            num_frames = audio_condition_latents.shape[1]  # spec §6.5 step 5: num_frames = Na
+            num_frames = audio_condition_latents.shape[1]  # audio-driven: one video frame per audio latent frame
         num_latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
 
         # 4. Initial noise: audio then video (T2V/TI2V); video only in audio-driven mode
@@ -448,13 +571,14 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
             if image_latents.shape[0] == 1 and batch_size > 1:
                 image_latents = image_latents.expand(batch_size, -1, -1, -1, -1)
 
-        # 5. Timesteps: one scheduler per latent stream (spec §6.1)
+        # 5. Timesteps: one scheduler per latent stream (each keeps its own multistep history)
         video_scheduler = self.scheduler
-        video_scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps, num_inference_steps = self._set_timesteps(
+            video_scheduler, num_inference_steps, device, sigmas, timesteps
+        )
         audio_scheduler = copy.deepcopy(video_scheduler)
-        timesteps = video_scheduler.timesteps
         self._num_timesteps = len(timesteps)
-        # Which stream moves (spec §6.3): distilled rule moves both; UniPC holds driving audio.
+        # Which stream moves: the distilled rule moves both; otherwise the driving audio is held clean.
         update_audio = (not is_a2v) or (is_distilled and renoise_driving_audio)
 
         # 6. Denoising loop
@@ -464,7 +588,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
                     continue
                 self._current_timestep = t
                 if image_latents is not None:
-                    # TI2V: pin the clean image latent into frame 0 before every call (spec §6.4, §9.18).
+                    # TI2V: pin the clean image latent into frame 0 before every call.
                     latents[:, :, :1] = image_latents
 
                 v_video, v_audio = self._denoise_pass(
@@ -479,19 +603,17 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
                         negative_prompt_attention_mask,
                         attention_kwargs,
                     )
-                    # Video CFG switches to a fixed 2.0 once t <= 500; audio CFG is constant (spec §6.2, §9.5).
+                    # Video CFG switches to a fixed 2.0 once t <= 500; audio CFG is constant.
                     g = guidance_scale if int(t) > guidance_switch_timestep else late_guidance_scale
                     v_video = u_video + g * (v_video - u_video)
                     v_audio = u_audio + audio_guidance_scale * (v_audio - u_audio)
 
-                latents = video_scheduler.step(v_video, t, latents, generator=generator, return_dict=False)[0]
+                latents = self._scheduler_step(video_scheduler, v_video, t, latents, generator)
                 if update_audio:
-                    audio_latents = audio_scheduler.step(
-                        v_audio, t, audio_latents, generator=generator, return_dict=False
-                    )[0]
+                    audio_latents = self._scheduler_step(audio_scheduler, v_audio, t, audio_latents, generator)
                 elif is_distilled:
                     # Fixed behaviour holds the driving audio clean, but still consumes the audio noise draw so that
-                    # the video noise stream is the original's (spec §5.4: video, then audio, every step).
+                    # the video noise stream is the original's.
                     audio_scheduler.step(v_audio, t, audio_latents, generator=generator, return_dict=False)
 
                 if callback_on_step_end is not None:
@@ -506,7 +628,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
                 progress_bar.update()
 
         if image_latents is not None:
-            latents[:, :, :1] = image_latents  # one final pin (spec §6.1 step 4)
+            latents[:, :, :1] = image_latents  # one final pin
         self._current_timestep = None
 
         # 7. Decode

@@ -26,13 +26,21 @@ import torch
 from diffusers.utils import logging
 
 from .._diffusers_compat import normalize_library_tuple
-from ..constants import DEFAULT_NEGATIVE_PROMPT, TEXT_MAX_SEQUENCE_LENGTH, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
+from ..constants import DEFAULT_FPS, DEFAULT_NEGATIVE_PROMPT, TEXT_MAX_SEQUENCE_LENGTH, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
 from .pipeline_output import MagiHumanPipelineOutput
 
 
 logger = logging.get_logger(__name__)
 
 _OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+
+
+class MagiHumanDecodeError(RuntimeError):
+    """Decoding failed after sampling; `latents_path` is the file holding the sampled latents (or `None`)."""
+
+    def __init__(self, message: str, latents_path: str | None = None):
+        super().__init__(message)
+        self.latents_path = latents_path
 _DECODERS = ("auto", "turbo", "vae")
 
 
@@ -44,8 +52,75 @@ def _has_triton() -> bool:
     return has_triton()
 
 
+_WARNED: set[str] = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """Log `message` as a warning the first time `key` is seen in this process (lossy conversions, ignored args)."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning(message)
+
+
+def as_number(value, name: str, integer: bool = False):
+    """A Python `int`/`float` from a Python or numpy scalar (0-d arrays and tensors too), else a `ValueError`."""
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{name}` must be {kind}, got {value!r} ({type(value).__name__}).")
+    if isinstance(value, float) and not np.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"`{name}` must be an integer, got {value!r}.")
+        value = int(value)
+    return value
+
+
+def check_tensor(x, name: str, ndim: int | None = None, allow_none: bool = True):
+    """Refuse non-tensors (numpy arrays included: say so), wrong ranks and NaN/Inf values, naming the argument."""
+    if x is None:
+        if allow_none:
+            return None
+        raise ValueError(f"`{name}` is required.")
+    if isinstance(x, np.ndarray):
+        raise ValueError(f"`{name}` must be a torch.Tensor, got a numpy array; pass `torch.from_numpy({name})`.")
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}.")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"`{name}` must have {ndim} dimensions, got shape {tuple(x.shape)}.")
+    if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"`{name}` contains NaN or Inf values; refusing to run on them.")
+    return x
+
+
+def check_generator(generator, name: str = "generator"):
+    """`None`, a `torch.Generator` or a list of them; anything else (e.g. an int seed) is refused clearly."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)) and generator and all(isinstance(g, torch.Generator) for g in generator):
+        return
+    raise ValueError(
+        f"`{name}` must be a torch.Generator or a list of them, got {generator!r}; for a seed use "
+        f"`{name}=torch.Generator().manual_seed(seed)`."
+    )
+
+
+def report_non_finite(x, stage: str) -> None:
+    """Warn (naming the stage) when a result holds NaN/Inf: e.g. a half-precision overflow in the DiT or a decoder."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).float().mean().item()
+        logger.warning(
+            f"The {stage} contains NaN/Inf values ({bad:.1%} of the entries): the output will be black or silent "
+            "there. Common causes: float16 overflow (use bfloat16 or float32), or NaN inputs."
+        )
+
+
 def snap_size(height: int, width: int, name: str = "") -> tuple[int, int]:
-    """Round a pixel size down to multiples of 32 (spec pipeline.md §3.1), warning when it changes."""
+    """Round a pixel size down to multiples of 32 (the DiT's 2x2 patch on a x16 latent), warning when it changes."""
     for label, value in (("height", height), ("width", width)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise ValueError(f"`{name}{label}` must be an integer number of pixels, got {value!r}.")
@@ -64,7 +139,7 @@ class MagiHumanPipelineMixin:
     """Shared helpers. Expects the attributes `transformer`, `text_encoder`, `tokenizer`, `vae`, `audio_vae` and
     optionally `turbo_vae` (the pipelines declare them)."""
 
-    # ------------------------------------------------------------------ registration (spec diffusers.md §1.6)
+    # ------------------------------------------------------------------ registration
     def register_modules(self, **kwargs):
         super().register_modules(**kwargs)
         updates = {}
@@ -92,7 +167,7 @@ class MagiHumanPipelineMixin:
         """diffusers' `from_pipe`, except that without an explicit `dtype` the shared components keep their dtypes.
 
         (diffusers 0.42 ends `from_pipe` with `.to(float32)` by default, which would up-cast a bf16 DiT or text
-        encoder — in the source pipeline too, since the modules are shared; spec diffusers.md §1.5.)
+        encoder — in the source pipeline too, since the modules are shared.)
         """
         if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
             kwargs.pop("dtype", None)
@@ -115,32 +190,50 @@ class MagiHumanPipelineMixin:
         self, onload_device: torch.device, *args, exclude_modules=None, num_resident_blocks: int = 0, **kwargs
     ) -> None:
         r"""
-        diffusers' [`~DiffusionPipeline.enable_group_offload`] for every component, plus `num_resident_blocks`: that
-        many DiT layers stay on `onload_device` (see [`MagiHumanTransformer3DModel.enable_group_offload`]). With 22
-        resident layers and `use_stream=True` the distilled 256p stage fits a 24 GB card at under 2x the full-GPU time
-        (docs/performance.md). Excluded components are moved to `onload_device`, as in diffusers.
-        """
-        if not num_resident_blocks:
-            return super().enable_group_offload(onload_device, *args, exclude_modules=exclude_modules, **kwargs)
-        if args:
-            raise TypeError("With `num_resident_blocks`, pass the other group-offload options by keyword.")
-        from diffusers.hooks import apply_group_offloading
+        diffusers' [`~DiffusionPipeline.enable_group_offload`] for every component, with two additions:
 
+        * `num_resident_blocks`: that many DiT layers stay on `onload_device` (see
+          [`MagiHumanTransformer3DModel.enable_group_offload`]). With 22 resident layers and `use_stream=True` the
+          distilled 256p stage fits a 24 GB card at under 2x the full-GPU time (docs/performance.md).
+        * Components that diffusers cannot group-offload (the Oobleck audio VAE: `_supports_group_offloading =
+          False`) are placed on `onload_device` whole instead of failing (about 0.6 GB for Stable-Audio-Open), like
+          the components named in `exclude_modules`.
+
+        The other options (`offload_device`, `offload_type`, `num_blocks_per_group`, `use_stream`, ...) are
+        diffusers', positionally or by keyword.
+        """
+        import inspect
+
+        from diffusers.hooks import apply_group_offloading
+        from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+
+        bound = inspect.signature(DiffusionPipeline.enable_group_offload).bind(
+            self, onload_device, *args, exclude_modules=exclude_modules, **kwargs
+        )
+        bound.apply_defaults()
+        options = {k: v for k, v in bound.arguments.items() if k not in ("self", "exclude_modules")}
         exclude = [exclude_modules] if isinstance(exclude_modules, str) else list(exclude_modules or [])
-        if "transformer" in exclude:
+        if num_resident_blocks and "transformer" in exclude:
             raise ValueError("`num_resident_blocks` applies to the transformer; do not exclude it.")
         modules = {n: c for n, c in self.components.items() if isinstance(c, torch.nn.Module)}
         # The transformer first: it validates `num_resident_blocks` before anything else is touched.
-        self.transformer.enable_group_offload(onload_device, num_resident_blocks=num_resident_blocks, **kwargs)
-        for name, component in modules.items():
-            if name == "transformer":
-                continue
+        order = sorted(modules, key=lambda n: n != "transformer")
+        for name in order:
+            component = modules[name]
             if name in exclude:
-                component.to(onload_device)
+                component.to(options["onload_device"])
+            elif getattr(component, "_supports_group_offloading", True) is False:
+                logger.info(
+                    f"`{name}` ({type(component).__name__}) does not support group offloading; it is placed on "
+                    f"{options['onload_device']} whole."
+                )
+                component.to(options["onload_device"])
+            elif name == "transformer" and num_resident_blocks:
+                component.enable_group_offload(num_resident_blocks=num_resident_blocks, **options)
             elif hasattr(component, "enable_group_offload"):
-                component.enable_group_offload(onload_device, **kwargs)
+                component.enable_group_offload(**options)
             else:
-                apply_group_offloading(component, onload_device, **kwargs)
+                apply_group_offloading(module=component, **options)
 
     # ------------------------------------------------------------------ fast path: regional compile on CUDA
     _auto_compile = True
@@ -183,16 +276,24 @@ class MagiHumanPipelineMixin:
         if compile_kwargs.get("backend", "inductor") == "inductor" and not _has_triton():
             logger.warning("Triton is not available: running the DiT eagerly (slower). See docs/performance.md.")
             return
-        # One static graph per layer kind and prompt length at most; the uncond pass and a new resolution add
-        # entries, so make room beyond dynamo's default of 8 (five layer kinds at 1080p).
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
         logger.info(
             "Compiling the DiT blocks (once per process and resolution, ~20 s). Turn off with "
             "`pipe.enable_auto_compile(False)` or MAGIHUMAN_AUTO_COMPILE=0."
         )
         transformer.compile_repeated_blocks(**compile_kwargs)
+
+    def _compile_limits(self):
+        """Room for dynamo's graphs while (and only while) the DiT runs, instead of a process-wide setting.
+
+        One static graph per layer kind and prompt length at most; the uncond pass and a new resolution add entries,
+        so the compiled blocks need more than dynamo's default of 8 (five layer kinds at 1080p). The limit is
+        raised to 64 inside the DiT call and restored after it.
+        """
+        if not getattr(self.transformer, "_magihuman_compile_checked", False) or not hasattr(torch, "_dynamo"):
+            return contextlib.nullcontext()
+        config = torch._dynamo.config
+        patch = {n: max(getattr(config, n), 64) for n in ("recompile_limit", "cache_size_limit") if hasattr(config, n)}
+        return config.patch(**patch) if patch else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -246,7 +347,7 @@ class MagiHumanPipelineMixin:
         return WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
 
     def normalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Raw Wan2.2 latent -> DiT latent, `(z - mean) * (1 / std)`, in `latents.dtype` (spec §6.4: bf16 upstream)."""
+        """Raw Wan2.2 latent -> DiT latent, `(z - mean) * (1 / std)`, in `latents.dtype`."""
         mean, std = self._latents_mean_std()
         view = (1, -1) + (1,) * (latents.ndim - 2)
         mean = torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(view)
@@ -254,7 +355,7 @@ class MagiHumanPipelineMixin:
         return (latents - mean) * inv_std
 
     def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """DiT latent -> raw Wan2.2 latent, `z / (1 / std) + mean` (a division by the stored reciprocal, spec §7.1)."""
+        """DiT latent -> raw Wan2.2 latent, `z / (1 / std) + mean` (a division by the stored reciprocal)."""
         mean, std = self._latents_mean_std()
         view = (1, -1) + (1,) * (latents.ndim - 2)
         mean = torch.tensor(mean, dtype=latents.dtype, device=latents.device).view(view)
@@ -277,7 +378,7 @@ class MagiHumanPipelineMixin:
     def _denoise_pass(self, context: str, latents, audio_latents, embeds, mask, attention_kwargs):
         """One DiT call: `(video_velocity, audio_velocity)` for the `"cond"` or `"uncond"` text (cache context)."""
         self._maybe_auto_compile(latents.device)
-        with self._cache_context(context):
+        with self._cache_context(context), self._compile_limits():
             return self.transformer(
                 hidden_states=latents,
                 audio_hidden_states=audio_latents,
@@ -300,7 +401,7 @@ class MagiHumanPipelineMixin:
     def _get_t5_prompt_embeds(
         self, prompt: list[str], max_sequence_length: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """T5-Gemma encoder embeddings as the original computes them (spec §4).
+        """T5-Gemma encoder embeddings as the original computes them.
 
         Each prompt is tokenised alone, with no padding or truncation, the encoder output is cast to float16, padded
         or trimmed to `max_sequence_length` rows, then cast to float32. Returns embeddings `(B, L, D)` float32 and a
@@ -318,7 +419,7 @@ class MagiHumanPipelineMixin:
             input_ids = inputs["input_ids"].to(te_device)
             attention_mask = inputs["attention_mask"].to(te_device)
             hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            # Quirk (spec §4, §9.12): encoder output (bf16 upstream) -> float16 -> zero pad/trim -> float32.
+            # Quirk: encoder output (bf16 upstream) -> float16 -> zero pad/trim -> float32.
             hidden = hidden.to(device=device, dtype=torch.float16)
             n = min(hidden.shape[1], max_sequence_length)
             padded = hidden.new_zeros((1, max_sequence_length, hidden.shape[-1]))
@@ -407,7 +508,7 @@ class MagiHumanPipelineMixin:
     def encode_image(
         self, image, height: int, width: int, batch_size: int, device: torch.device
     ) -> torch.Tensor:
-        """Crop/resize/encode the conditioning image as the original (spec §6.4).
+        """Crop/resize/encode the conditioning image as the original.
 
         Returns the normalised first-frame latent `(batch_size, 48, 1, height // 16, width // 16)` float32.
         """
@@ -428,7 +529,7 @@ class MagiHumanPipelineMixin:
             pixels = pixels.to(device=vae_device, dtype=self.vae.dtype).unsqueeze(2)
             posterior = self.vae.encode(pixels).latent_dist
             mu = posterior.mode() if hasattr(posterior, "mode") else posterior.mean
-            # Normalised in the VAE dtype (bf16 upstream), then float32 (spec §6.4 step 4).
+            # Normalised in the VAE dtype (bf16 upstream), then float32.
             latents.append(self.normalize_latents(mu.to(self.vae.dtype)).to(device=device, dtype=torch.float32))
         latents = torch.cat(latents)
         if latents.shape[0] == 1 and batch_size > 1:
@@ -456,17 +557,17 @@ class MagiHumanPipelineMixin:
         decode_with = self._resolve_decoder(decode_with)
         if decode_with == "turbo":
             turbo = self.turbo_vae
-            # The Turbo-VAE denormalises internally, in float32 (spec §7.1).
+            # The Turbo-VAE denormalises internally, in float32.
             video = turbo.decode(latents.to(device=self._input_device(turbo), dtype=turbo.dtype)).sample
         else:
             vae = self.vae
-            # Wan2.2 path: denormalisation in the VAE dtype (bf16 upstream, spec §7.1/§7.3).
+            # Wan2.2 path: denormalisation in the VAE dtype (bf16 upstream).
             z = self.denormalize_latents(latents.to(device=self._input_device(vae), dtype=vae.dtype))
             video = vae.decode(z).sample
         return video.float().clamp(-1.0, 1.0)
 
     def decode_audio_latents(self, audio_latents: torch.Tensor) -> torch.Tensor:
-        """Audio latent `(B, Na, 64)` -> waveform `(B, 2, S)` float32 at `audio_sample_rate` (spec §7.5)."""
+        """Audio latent `(B, Na, 64)` -> waveform `(B, 2, S)` float32 at `audio_sample_rate`."""
         from ..utils.audio import decode_audio
 
         if getattr(self, "audio_vae", None) is None:
@@ -479,13 +580,13 @@ class MagiHumanPipelineMixin:
     @staticmethod
     def postprocess_video(video: torch.Tensor, output_type: str):
         """`(B, 3, F, H, W)` in `[-1, 1]` -> the requested output type (values in `[0, 1]`)."""
-        frames = (video * 0.5 + 0.5).clamp(0.0, 1.0)  # spec §7.4 (uint8 conversion truncates later)
+        frames = (video * 0.5 + 0.5).clamp(0.0, 1.0)  # the uint8 conversion truncates later, as the original
         if output_type == "pt":
             return frames.permute(0, 2, 1, 3, 4).contiguous()
         array = frames.permute(0, 2, 3, 4, 1).detach().cpu().numpy()
         if output_type == "np":
             return array
-        # "pil": truncating uint8 cast like the original (spec §7.4, §9.19).
+        # "pil": truncating uint8 cast like the original.
         u8 = (array * 255).astype(np.uint8)
         return [[PIL.Image.fromarray(f) for f in clip] for clip in u8]
 
@@ -493,17 +594,152 @@ class MagiHumanPipelineMixin:
     def postprocess_audio(audio: torch.Tensor, output_type: str):
         return audio if output_type == "pt" else audio.detach().cpu().numpy()
 
+    def trim_audio_to_video(self, audio: torch.Tensor, num_video_frames: int) -> torch.Tensor:
+        """Cut a decoded waveform `(B, 2, S)` to at most one video frame past the video's `num_video_frames` frames.
+
+        The audio latent has one frame per requested video frame (`num_frames`), but the video decodes to
+        `4 * (T - 1) + 1` frames, up to 3 fewer when `num_frames` is off that grid (an audio-driven clip's length, or
+        `seconds` such as 1.1). The extra audio would run past the last picture. One frame of slack keeps the
+        original's output unchanged where it was already in step (1 s = 26 audio vs 25 video frames).
+        """
+        max_samples = int(round((num_video_frames + 1) * self.audio_sample_rate / DEFAULT_FPS))
+        return audio[..., :max_samples] if audio.shape[-1] > max_samples else audio
+
+    @staticmethod
+    def _release_cached_memory(device: torch.device) -> None:
+        """Return the caching allocator's free blocks to the driver before a decode, so the decoder can use them
+        (after a 1080p SR loop ~22 GiB sat reserved but unallocated, and the decode's 8 GiB request failed)."""
+        if device.type == "cuda" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @staticmethod
+    def save_latents_for_recovery(latents: torch.Tensor, audio_latents: torch.Tensor | None) -> str:
+        """Write the sampled latents to a new temporary folder (`.safetensors`, written then renamed) and return
+        the file path. Reload with `safetensors.torch.load_file(path)`."""
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        folder = tempfile.mkdtemp(prefix="magihuman_latents_")
+        path = os.path.join(folder, "latents.safetensors")
+        tensors = {"latents": latents.detach().to("cpu", torch.float32).contiguous()}
+        if audio_latents is not None:
+            tensors["audio_latents"] = audio_latents.detach().to("cpu", torch.float32).contiguous()
+        save_file(tensors, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        return path
+
     def _finish(self, latents, audio_latents, output_type: str, decode_with: str, return_dict: bool):
-        """Decode (unless `output_type="latent"`), release offload hooks, and package the result."""
+        """Decode (unless `output_type="latent"`), release offload hooks, and package the result.
+
+        A failure while decoding keeps the work: the sampled latents are saved to a temporary file whose path the
+        raised [`MagiHumanDecodeError`] gives (and holds as `.latents_path`).
+        """
+        report_non_finite(latents, "video latent after denoising")
+        report_non_finite(audio_latents, "audio latent after denoising")
         if output_type == "latent":
             frames, audio = latents, audio_latents
         else:
-            frames = self.postprocess_video(self.decode_latents(latents, decode_with), output_type)
-            audio = self.postprocess_audio(self.decode_audio_latents(audio_latents), output_type)
+            try:
+                self._release_cached_memory(latents.device)
+                video = self.decode_latents(latents, decode_with)
+                report_non_finite(video, "decoded video")
+                frames = self.postprocess_video(video, output_type)
+                num_video_frames = video.shape[2]
+                del video
+                waveform = self.decode_audio_latents(audio_latents)
+                report_non_finite(waveform, "decoded audio")
+                audio = self.postprocess_audio(self.trim_audio_to_video(waveform, num_video_frames), output_type)
+            except Exception as error:
+                try:
+                    path = self.save_latents_for_recovery(latents, audio_latents)
+                    where = (
+                        f"The sampled latents are saved in {path} (keys 'latents', 'audio_latents'): reload them "
+                        "with `safetensors.torch.load_file(path)` and decode with `pipe.decode_latents(latents)` / "
+                        "`pipe.decode_audio_latents(audio_latents)`, or pass `output_type='latent'`."
+                    )
+                except Exception as save_error:  # pragma: no cover - disk full, read-only temp dir
+                    path, where = None, f"Saving the sampled latents failed too ({save_error})."
+                raise MagiHumanDecodeError(
+                    f"Decoding failed after sampling: {type(error).__name__}: {error}. {where}", path
+                ) from error
         self.maybe_free_model_hooks()
         if not return_dict:
             return (frames, audio)
         return MagiHumanPipelineOutput(frames=frames, audio=audio)
+
+    # ------------------------------------------------------------------ schedulers (ours or stock flow ones)
+    def _uses_distilled_rule(self, scheduler=None) -> bool:
+        """Whether the scheduler steps with the DMD-2 rule. Only a [`MagiHumanScheduler`] with `sampler="dmd"` does;
+        stock flow schedulers (UniPC with `use_flow_sigmas`, FlowMatchEuler) sample like the base model."""
+        from ..schedulers.scheduling_magihuman import MagiHumanScheduler
+
+        scheduler = self.scheduler if scheduler is None else scheduler
+        return isinstance(scheduler, MagiHumanScheduler) and bool(scheduler.is_distilled)
+
+    @staticmethod
+    def _set_timesteps(scheduler, num_inference_steps, device, sigmas=None, timesteps=None):
+        """`scheduler.set_timesteps` with `sigmas=` / `timesteps=` as diffusers' `retrieve_timesteps` does, then
+        `set_begin_index(0)`: every step is taken in order even where integer timesteps repeat (above ~211 steps
+        the truncated timesteps of the shift-5 grid collide, and a timestep lookup would run off the end).
+
+        Returns `(timesteps, num_inference_steps)`.
+        """
+        import inspect
+
+        params = set(inspect.signature(scheduler.set_timesteps).parameters)
+        if timesteps is not None:
+            if "timesteps" not in params:
+                raise ValueError(
+                    f"`timesteps=` is not supported by {type(scheduler).__name__}; pass `sigmas=` (flow noise levels, "
+                    "highest first) or `num_inference_steps`."
+                )
+            scheduler.set_timesteps(timesteps=timesteps, device=device)
+        elif sigmas is not None:
+            if "sigmas" not in params:
+                raise ValueError(f"`sigmas=` is not supported by {type(scheduler).__name__}.")
+            scheduler.set_timesteps(sigmas=sigmas, device=device)
+        else:
+            scheduler.set_timesteps(num_inference_steps, device=device)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        return scheduler.timesteps, len(scheduler.timesteps)
+
+    def _check_schedule(self, scheduler, num_inference_steps, sigmas, timesteps) -> None:
+        """Build the schedule on a copy before any model runs, so an unsupported step count or grid fails first."""
+        import copy
+
+        if sigmas is not None and timesteps is not None:
+            raise ValueError("Give either `sigmas` or `timesteps`, not both.")
+        for name, values in (("sigmas", sigmas), ("timesteps", timesteps)):
+            if values is None:
+                continue
+            array = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
+            if array.ndim != 1 or array.size == 0 or not np.isfinite(array).all():
+                raise ValueError(f"`{name}` must be a non-empty 1-D list of finite numbers, got {values!r}.")
+            if np.any(np.diff(array) > 0):
+                raise ValueError(f"`{name}` must decrease (highest noise first), got {array.tolist()}.")
+        try:
+            probe = copy.deepcopy(scheduler)
+            steps, n = self._set_timesteps(probe, num_inference_steps, "cpu", sigmas, timesteps)
+        except ValueError:
+            raise
+        except Exception as e:
+            raise ValueError(
+                f"The scheduler ({type(scheduler).__name__}) cannot build a schedule for "
+                f"num_inference_steps={num_inference_steps!r}, sigmas={sigmas!r}, timesteps={timesteps!r}: {e}"
+            ) from e
+        if n < 1:
+            raise ValueError("The schedule has no steps; give `num_inference_steps` >= 1.")
+
+    @staticmethod
+    def _scheduler_step(scheduler, model_output, t, sample, generator):
+        """`scheduler.step`, passing `generator` only to schedulers whose step draws noise (DMD, FlowMatchEuler)."""
+        import inspect
+
+        if "generator" in inspect.signature(scheduler.step).parameters:
+            return scheduler.step(model_output, t, sample, generator=generator, return_dict=False)[0]
+        return scheduler.step(model_output, t, sample, return_dict=False)[0]
 
     # ------------------------------------------------------------------ shared checks
     def _check_common(
@@ -516,20 +752,37 @@ class MagiHumanPipelineMixin:
         callback_on_step_end_tensor_inputs,
         generator,
         batch_size_hint,
+        prompt_attention_mask=None,
+        negative_prompt_attention_mask=None,
     ):
         if prompt is None and prompt_embeds is None:
             raise ValueError("Give a `prompt` (or precomputed `prompt_embeds`).")
         if prompt is not None and prompt_embeds is not None:
             raise ValueError("Give either `prompt` or `prompt_embeds`, not both.")
         if prompt is not None:
-            prompts = [prompt] if isinstance(prompt, str) else prompt
-            if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-                raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
-            if len(prompts) == 0 or any(len(p.strip()) == 0 for p in prompts):
-                raise ValueError("`prompt` is empty; describe the video (and the speech) you want.")
-        if prompt_embeds is not None and prompt_embeds.ndim != 3:
-            raise ValueError(f"`prompt_embeds` must be (batch, tokens, channels), got shape {tuple(prompt_embeds.shape)}.")
-        if output_type not in _OUTPUT_TYPES:
+            self._check_prompt(prompt, "prompt")
+        check_tensor(prompt_embeds, "prompt_embeds", ndim=3)
+        check_tensor(negative_prompt_embeds, "negative_prompt_embeds", ndim=3)
+        for name, mask, embeds in (
+            ("prompt_attention_mask", prompt_attention_mask, prompt_embeds),
+            ("negative_prompt_attention_mask", negative_prompt_attention_mask, negative_prompt_embeds),
+        ):
+            check_tensor(mask, name, ndim=2)
+            if mask is not None and embeds is not None and tuple(mask.shape) != tuple(embeds.shape[:2]):
+                raise ValueError(
+                    f"`{name}` must be (batch, tokens) = {tuple(embeds.shape[:2])} like its embeddings, got "
+                    f"{tuple(mask.shape)}."
+                )
+        if (
+            prompt_embeds is not None
+            and negative_prompt_embeds is not None
+            and prompt_embeds.shape[-1] != negative_prompt_embeds.shape[-1]
+        ):
+            raise ValueError(
+                f"`prompt_embeds` ({prompt_embeds.shape[-1]} channels) and `negative_prompt_embeds` "
+                f"({negative_prompt_embeds.shape[-1]}) differ in width."
+            )
+        if not isinstance(output_type, str) or output_type not in _OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {_OUTPUT_TYPES}, got {output_type!r}.")
         if callback_on_step_end_tensor_inputs is not None:
             bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
@@ -537,8 +790,18 @@ class MagiHumanPipelineMixin:
                 raise ValueError(
                     f"`callback_on_step_end_tensor_inputs` has {bad}; allowed: {self._callback_tensor_inputs}."
                 )
+        check_generator(generator)
         if isinstance(generator, list) and len(generator) != batch_size_hint:
             raise ValueError(
                 f"Got {len(generator)} generators for an effective batch of {batch_size_hint}; give one generator "
                 "or one per video."
             )
+
+    @staticmethod
+    def _check_prompt(prompt, name: str) -> list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"`{name}` must be a string or a list of strings, got {prompt!r} ({type(prompt).__name__}).")
+        if len(prompts) == 0 or any(len(p.strip()) == 0 for p in prompts):
+            raise ValueError(f"`{name}` is empty; describe the video (and the speech) you want.")
+        return list(prompts)

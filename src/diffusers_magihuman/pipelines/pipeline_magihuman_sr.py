@@ -39,7 +39,7 @@ from ..models.autoencoder_turbo_vaed import AutoencoderTurboVAED
 from ..models.transformer_magihuman import MagiHumanTransformer3DModel
 from ..schedulers.scheduling_magihuman import MagiHumanScheduler
 from .lora_magihuman import MagiHumanLoraLoaderMixin
-from .pipeline_magihuman_base import MagiHumanPipelineMixin, snap_size
+from .pipeline_magihuman_base import MagiHumanPipelineMixin, as_number, check_tensor, snap_size
 
 
 logger = logging.get_logger(__name__)
@@ -66,7 +66,7 @@ EXAMPLE_DOC_STRING = """
 
 
 def zero_snr_signal_coefficients(num_steps: int = 1000) -> torch.Tensor:
-    """The original's `ZeroSNRDDPMDiscretization` table (spec pipeline.md §6.6 step 3), float32 `[num_steps]`.
+    """The original's `ZeroSNRDDPMDiscretization` table, float32 `[num_steps]`.
 
     Upstream names it "sigmas", but the values are signal coefficients sqrt(alpha_bar) rescaled to zero terminal
     SNR: `Z[0] = 0.9995749`, `Z[num_steps - 1] = 0`.
@@ -126,7 +126,7 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
             turbo_vae=turbo_vae,
         )
 
-    # ------------------------------------------------------------------ preparation (spec §6.6)
+    # ------------------------------------------------------------------ preparation
     def encode_video_frames(self, video, height: int, width: int, device) -> torch.Tensor:
         """Decoded frames (`(B, F, H, W, 3)` np/pt in [0,1], `(B, F, 3, H, W)` pt, or lists of PIL) -> normalised
         Wan2.2 latent `(B, 48, T, H/16, W/16)` float32 (mean of the posterior)."""
@@ -165,7 +165,7 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
         noise: torch.Tensor | None = None,
         audio_noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Upsample + VP re-noise the video latent, mix the audio input (spec §6.6 steps 2-4).
+        """Upsample + VP re-noise the video latent, mix the audio input.
 
         Returns `(sr_video_input (B, 48, T, H/16, W/16), sr_audio_input (B, Na, 64))`. Draw order: video noise, then
         audio noise.
@@ -179,7 +179,7 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
                 noise = randn_tensor(up.shape, generator=generator, device=up.device, dtype=up.dtype)
             elif tuple(noise.shape) != tuple(up.shape):
                 raise ValueError(f"`noise` must have shape {tuple(up.shape)}, got {tuple(noise.shape)}.")
-            # Variance-preserving DDPM-style injection, not the flow interpolation (spec §9.3).
+            # Variance-preserving DDPM-style injection, not the flow interpolation.
             up = a * up + torch.sqrt(1 - a**2) * noise.to(up)
         if audio_noise is None:
             audio_noise = randn_tensor(audio_latents.shape, generator=generator, device=up.device, dtype=torch.float32)
@@ -187,7 +187,7 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
             raise ValueError(
                 f"`audio_noise` must have shape {tuple(audio_latents.shape)}, got {tuple(audio_noise.shape)}."
             )
-        # A linear (not variance-preserving) mix, never stepped (spec §9.4).
+        # A linear (not variance-preserving) mix, never stepped.
         sr_audio = audio_noise_scale * audio_noise.to(audio_latents) + (1 - audio_noise_scale) * audio_latents
         return up, sr_audio
 
@@ -195,7 +195,7 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
     def video_guidance_per_frame(
         num_latent_frames: int, guidance_scale: float, use_cfg_trick: bool, trick_start_frame: int, trick_value: float
     ) -> torch.Tensor:
-        """Per-latent-frame video CFG scale `[1, 1, T, 1, 1]` (the original's "cfg trick", spec §6.2)."""
+        """Per-latent-frame video CFG scale `[1, 1, T, 1, 1]` (the original's "cfg trick")."""
         g = torch.full((1, 1, num_latent_frames, 1, 1), float(guidance_scale), dtype=torch.float32)
         if use_cfg_trick:
             g[:, :, :trick_start_frame] = min(trick_value, guidance_scale)
@@ -246,7 +246,7 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
                 (`output_type="latent"`). Or give `video` instead.
             audio_latents (`torch.Tensor`): the base stage's audio latent `(B, Na, 64)`; returned (decoded) as the audio.
             video: decoded base frames (`(B, F, H, W, 3)` in [0, 1] or lists of PIL), re-encoded with the Wan2.2 VAE.
-            image / image_latents: TI2V first frame; the image is re-encoded at the SR size and pinned (spec §6.4).
+            image / image_latents: TI2V first frame; the image is re-encoded at the SR size and pinned.
             height (`int`, defaults to 512), width (`int`, defaults to 896): SR size in pixels, rounded down to
                 multiples of 32 (1088x1920 for 1080p). Must not be smaller than the base size.
             num_inference_steps (`int`, defaults to 5): UniPC steps on the full shift-5 schedule (as the original).
@@ -283,6 +283,11 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
                 "Give the base stage's `audio_latents` (MagiHumanPipeline(..., output_type='latent').audio); the SR "
                 "stage conditions on them and returns them as the audio track."
             )
+        check_tensor(latents, "latents")
+        check_tensor(audio_latents, "audio_latents")
+        check_tensor(image_latents, "image_latents")
+        check_tensor(noise, "noise")
+        check_tensor(audio_noise, "audio_noise")
         c = self.latent_channels
         if latents is not None and (latents.ndim != 5 or latents.shape[1] != c):
             raise ValueError(f"`latents` must be a base-stage video latent (B, {c}, T, h, w), got {tuple(latents.shape)}.")
@@ -296,6 +301,13 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
                     f"The SR size {height}x{width} is smaller than the base size {base_h}x{base_w}; super-resolution "
                     "must not shrink the video (540p: 512x896, 1080p: 1088x1920)."
                 )
+            expected_t = (audio_latents.shape[1] - 1) // self.vae_scale_factor_temporal + 1
+            if latents.shape[2] != expected_t:
+                raise ValueError(
+                    f"`audio_latents` has {audio_latents.shape[1]} frames, which go with {expected_t} video latent "
+                    f"frames, but `latents` has {latents.shape[2]}: pass the audio and video latents of the same "
+                    "base-stage result."
+                )
             if audio_latents.shape[0] != latents.shape[0]:
                 raise ValueError(
                     f"`latents` batch {latents.shape[0]} and `audio_latents` batch {audio_latents.shape[0]} differ."
@@ -307,6 +319,9 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
                 f"`image_latents` must be encoded at the SR size ({height // 16}x{width // 16} latent), got "
                 f"{tuple(image_latents.shape[-2:])}; pass `image` to re-encode it."
             )
+        num_inference_steps = as_number(num_inference_steps, "num_inference_steps", integer=True)
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         if not isinstance(noise_value, int) or not (0 <= noise_value < 1000):
             raise ValueError(f"`noise_value` must be an integer in [0, 1000), got {noise_value!r}.")
         batch_size = latents.shape[0] if latents is not None else len(video)
@@ -366,13 +381,12 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
         if image_latents is not None:
             image_latents = image_latents.to(device=device, dtype=torch.float32)
 
-        # 4. Timesteps: the SR stage always steps with UniPC on the full schedule (spec §6.3, §9.2)
+        # 4. Timesteps: the SR stage always steps with UniPC on the full schedule
         scheduler = self.scheduler
-        if scheduler.is_distilled:
+        if self._uses_distilled_rule(scheduler):
             logger.info("The SR stage samples with UniPC; ignoring the scheduler's distilled rule.")
             scheduler = MagiHumanScheduler.from_config(scheduler.config, sampler="unipc")
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = scheduler.timesteps
+        timesteps, num_inference_steps = self._set_timesteps(scheduler, num_inference_steps, device)
         self._num_timesteps = len(timesteps)
         g_video = None
         if self._do_cfg:
@@ -389,7 +403,7 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
                 self._current_timestep = t
                 if image_latents is not None:
                     latents[:, :, :1] = image_latents
-                # The SR audio velocity is ignored: the audio is never stepped (spec §6.6 step 4).
+                # The SR audio velocity is ignored: the audio is never stepped.
                 v_video = self._denoise_pass(
                     "cond", latents, sr_audio, prompt_embeds, prompt_attention_mask, attention_kwargs
                 )[0]
@@ -414,5 +428,5 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
             latents[:, :, :1] = image_latents
         self._current_timestep = None
 
-        # 6. Decode (the audio is the base stage's, spec §6.6 step 6)
+        # 6. Decode (the audio is the base stage's)
         return self._finish(latents, audio_latents, output_type, decode_with, return_dict)

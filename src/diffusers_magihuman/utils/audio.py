@@ -14,8 +14,8 @@
 """The audio side of daVinci-MagiHuman: driving-audio loading and Oobleck encoding, audio decoding and resampling.
 
 The audio latent runs at 25 frames/s and one latent frame is 2048 Oobleck samples, so the whole audio path treats
-waveforms as 51 200 Hz (spec pipeline.md §3.2). The Stable-Audio-Open VAE is natively 44.1 kHz; the decoded waveform
-is resampled by 441/512 to 44 100 Hz with an FFT resample (spec §7.5, §9.20).
+waveforms as 51 200 Hz. The Stable-Audio-Open VAE is natively 44.1 kHz; the decoded waveform
+is resampled by 441/512 to 44 100 Hz with an FFT resample.
 """
 
 from __future__ import annotations
@@ -37,19 +37,19 @@ from torch.nn.utils import weight_norm
 logger = logging.get_logger(__name__)
 
 # ----------------------------------------------------------------------------------------------- constants
-#: Audio latent frames per second (equal to the video frame rate, spec §3.2).
+#: Audio latent frames per second (equal to the video frame rate).
 AUDIO_LATENT_RATE = 25
 #: Oobleck samples per audio latent frame (prod of the downsampling ratios).
 AUDIO_HOP_LENGTH = 2048
-#: The rate the pipeline treats every waveform as: 25 x 2048 = 51 200 Hz (spec §3.2).
+#: The rate the pipeline treats every waveform as: 25 x 2048 = 51 200 Hz.
 AUDIO_SAMPLE_RATE = AUDIO_LATENT_RATE * AUDIO_HOP_LENGTH
-#: The rate of the written audio: the Stable-Audio VAE's native 44.1 kHz (spec §7.5).
+#: The rate of the written audio: the Stable-Audio VAE's native 44.1 kHz.
 AUDIO_OUTPUT_SAMPLE_RATE = 44100
 #: Decoded waveform length factor 51 200 Hz -> 44 100 Hz.
 AUDIO_RESAMPLE_RATIO = 441 / 512
 #: Audio latent channels (the Oobleck bottleneck's mean half).
 AUDIO_LATENT_CHANNELS = 64
-#: Long driving audio is encoded in windows of this many seconds, with this overlap ratio (spec §6.5).
+#: Long driving audio is encoded in windows of this many seconds, with this overlap ratio.
 AUDIO_WINDOW_SECONDS = 29
 AUDIO_WINDOW_OVERLAP = 0.5
 
@@ -107,7 +107,7 @@ def resample_audio(
     FFT (periodic) resample along `axis`, reproducing `scipy.signal.resample(x, int(n * ratio), axis=axis)`.
 
     The original calls this `resample_audio_sinc` but it is `scipy.signal.resample`, i.e. the spectrum is truncated
-    or zero-padded, so the signal is treated as periodic (quirk, spec §9.20). Implemented with `torch.fft` so scipy
+    or zero-padded, so the signal is treated as periodic. Implemented with `torch.fft` so scipy
     is not needed at run time. Float32 input matches scipy to ~1e-7 of the signal scale (`scipy.fft` keeps single
     precision; this transforms in float64 and casts back to the input dtype).
 
@@ -217,7 +217,7 @@ def load_audio(
     sample_rate_in: int | None = None,
 ) -> torch.Tensor:
     r"""
-    Load driving audio as the original does: mono float32 at 51.2 kHz, truncated to `seconds` (spec §6.5 steps 1-2).
+    Load driving audio as the original does: mono float32 at 51.2 kHz, truncated to `seconds`.
 
     Args:
         source:
@@ -275,7 +275,7 @@ def load_audio(
 
 # ------------------------------------------------------------------------------------------------ encoding
 def _ensure_fp32(audio_vae: AutoencoderOobleck) -> None:
-    # The original runs the Oobleck VAE in fp32 (its bf16 cast is commented out, spec §7.5); upcast like
+    # The original runs the Oobleck VAE in fp32 (its bf16 cast is commented out); upcast like
     # diffusers' `upcast_vae` pattern when a pipeline was loaded in half precision.
     if audio_vae.dtype != torch.float32:
         logger.info(f"Upcasting the audio VAE from {audio_vae.dtype} to float32, as the original runs it in fp32.")
@@ -294,11 +294,11 @@ def _encoder_moments(audio_vae: AutoencoderOobleck, stereo: torch.Tensor) -> tup
 
 
 def _merge_windows(latents: list[torch.Tensor], overlap_ratio: float) -> torch.Tensor:
-    """Merge per-window latents `[1, L, C]` with a linear cross-fade (spec §6.5 step 4)."""
+    """Merge per-window latents `[1, L, C]` with a linear cross-fade."""
     if len(latents) == 1:
         return latents[0]
     batch, frames, channels = latents[0].shape
-    # Quirk (spec §6.5, §9.11): the latent overlap is int(L * 0.5) (362 for 725) and the latent hop L - overlap
+    # Quirk: the latent overlap is int(L * 0.5) (362 for 725) and the latent hop L - overlap
     # (363), while the sample hop is 362.5 latent frames, so the merge drifts by half a frame per window.
     overlap = int(frames * overlap_ratio)
     hop = frames - overlap
@@ -327,7 +327,7 @@ def encode_audio(
 ) -> torch.Tensor:
     r"""
     Oobleck-encode a 51.2 kHz mono driving waveform into the audio latent, like the original's
-    `load_audio_and_encode` (spec §6.5 steps 3-5).
+    `load_audio_and_encode`.
 
     The mono signal is duplicated to stereo and encoded; the VAE bottleneck is *sampled*,
     `z = mean + (softplus(scale) + 1e-4) * eps`. Audio longer than `window_seconds` is encoded in zero-padded
@@ -341,7 +341,7 @@ def encode_audio(
             Mono waveform at 51 200 Hz, e.g. from [`load_audio`].
         generator (`torch.Generator`, *optional*):
             Source of the bottleneck noise (`randn_tensor`, one `[1, 64, L]` draw per window, before any video
-            noise, spec §3.3). `None` uses the global RNG, as the original does.
+            noise). `None` uses the global RNG, as the original does.
         window_seconds (`float`, defaults to 29):
             Window length of the long-audio path.
         noise (list of `torch.Tensor`, *optional*):
@@ -391,7 +391,7 @@ def encode_audio(
     latents = []
     latent_per_sample = None
     for i, chunk in enumerate(chunks):
-        # Mono duplicated to stereo (the original passes it unbatched; the result is batched, spec §9.10).
+        # Mono duplicated to stereo (the original passes it unbatched; the result is batched).
         stereo = chunk[None, None].expand(1, 2, -1)
         mean, std = _encoder_moments(audio_vae, stereo)
         if noise is None:
@@ -420,10 +420,10 @@ def decode_audio(
     resample: bool = True,
 ) -> torch.Tensor:
     r"""
-    Decode audio latents to 44.1 kHz stereo waveforms (spec §7.5).
+    Decode audio latents to 44.1 kHz stereo waveforms.
 
     The Oobleck decoder runs in fp32 (as in the original), producing `Na * 2048` samples that the pipeline treats as
-    51.2 kHz; they are then FFT-resampled by 441/512 ([`resample_audio`], quirk §9.20).
+    51.2 kHz; they are then FFT-resampled by 441/512 ([`resample_audio`]; the original's periodic FFT resample).
 
     Args:
         audio_vae ([`AutoencoderOobleck`]):

@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Conditioning-image preprocessing for image+text-to-video, as the original's `encode_image` (spec §6.4)."""
+"""Conditioning-image preprocessing for image+text-to-video, as the original's `encode_image`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 import torch
 from diffusers.utils import load_image, logging
 from diffusers.video_processor import VideoProcessor
@@ -26,7 +27,7 @@ from diffusers.video_processor import VideoProcessor
 
 logger = logging.get_logger(__name__)
 
-# The original preprocesses with `VideoProcessor(vae_scale_factor=16)` (spec §6.4 step 3).
+# The original preprocesses with `VideoProcessor(vae_scale_factor=16)`.
 _VAE_SCALE_FACTOR = 16
 _video_processor: VideoProcessor | None = None
 
@@ -42,7 +43,7 @@ def resize_crop(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Im
     """
     Centre-crops `image` to the aspect ratio `width / height`, without resizing (the original's `resizecrop`).
 
-    Quirks kept (spec §6.4 step 2, §9.17): the crop box is computed in floats and PIL rounds each edge half-to-even,
+    Quirks kept: the crop box is computed in floats and PIL rounds each edge half-to-even,
     so the crop can be one pixel wider than the exact aspect ratio (50×37 → 38×37 for a square target); an image that
     already has the target size is returned as is.
 
@@ -65,13 +66,53 @@ def resize_crop(image: PIL.Image.Image, height: int, width: int) -> PIL.Image.Im
     else:
         new_h = int(h)
         new_w = int(new_h * width / height)
-    # Float box: PIL rounds each coordinate (spec §9.17).
+    # Float box: PIL rounds each coordinate.
     box = ((w - new_w) / 2, (h - new_h) / 2, (w + new_w) / 2, (h + new_h) / 2)
     return image.crop(box)
 
 
+def _warn_once(key: str, message: str) -> None:
+    from ..pipelines.pipeline_magihuman_base import warn_once
+
+    warn_once(key, message)
+
+
+def _warn_alpha() -> None:
+    _warn_once(
+        "image-alpha",
+        "The conditioning image has an alpha channel; it is dropped (the colour channels are used as they are, "
+        "not composited). Flatten the image yourself for another background.",
+    )
+
+
+def _warn_deep() -> None:
+    _warn_once(
+        "image-16bit",
+        "The conditioning image has more than 8 bits per channel (16-bit); it is reduced to 8 bits (value / 257, rounded), "
+        "as the model's image encoder path expects 8-bit pixels.",
+    )
+
+
+def _pil_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """RGB copy of a PIL image, warning (once) about what the conversion loses: alpha, or depth beyond 8 bits."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        _warn_deep()
+        array = np.asarray(image).astype(np.float64)
+        scale = 257.0 if mode.startswith("I;16") or array.max() <= 65535 else array.max() / 255.0
+        array = np.clip(np.rint(array / scale), 0, 255).astype(np.uint8)
+        return PIL.Image.fromarray(array).convert("RGB")
+    if "A" in mode or (mode == "P" and "transparency" in image.info):
+        _warn_alpha()
+    return image.convert("RGB") if mode != "RGB" else image
+
+
 def to_pil_image(image) -> PIL.Image.Image:
-    """PIL image, path, numpy array or tensor -> RGB PIL image with the EXIF orientation applied."""
+    """PIL image, path, numpy array or tensor -> RGB PIL image with the EXIF orientation applied.
+
+    Lossy conversions warn once: an alpha channel is dropped, and 16-bit images are reduced to 8 bits. Float inputs
+    must be finite and in `[0, 1]`.
+    """
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if path.startswith(("http://", "https://")):
@@ -79,12 +120,14 @@ def to_pil_image(image) -> PIL.Image.Image:
         if not os.path.isfile(path):
             raise ValueError(f"Image file {path!r} does not exist.")
         try:
-            # diffusers' loader: EXIF transpose, then RGB, as the original (spec §6.4 step 1).
-            return load_image(path)
+            opened = PIL.Image.open(path)
+            opened.load()
         except Exception as e:  # PIL raises several exception types for unreadable files
             raise ValueError(f"Could not read image file {path!r} ({e}). Give a PNG/JPEG file or a PIL image.") from e
+        image = opened
     if isinstance(image, PIL.Image.Image):
-        return load_image(image)
+        # EXIF transpose first (as diffusers' `load_image`), then RGB.
+        return _pil_to_rgb(PIL.ImageOps.exif_transpose(image))
     if isinstance(image, torch.Tensor):
         array = image.detach().cpu()
         if array.ndim == 4 and array.shape[0] == 1:
@@ -102,7 +145,12 @@ def to_pil_image(image) -> PIL.Image.Image:
             raise ValueError(
                 f"Expected an image array (H, W), (H, W, 3|4) or a tensor (3, H, W); got shape {tuple(image.shape)}."
             )
+        if array.ndim == 3 and array.shape[-1] == 4:
+            _warn_alpha()
+            array = array[..., :3]
         if np.issubdtype(array.dtype, np.floating):
+            if not np.isfinite(array).all():
+                raise ValueError("The `image` array/tensor contains NaN or Inf values.")
             if array.min() < -1e-3 or array.max() > 1 + 1e-3:
                 raise ValueError(
                     "Float image arrays/tensors must hold values in [0, 1] (got range "
@@ -110,18 +158,21 @@ def to_pil_image(image) -> PIL.Image.Image:
                 )
             # Quantised to 8 bits like an image file, so every input takes the original's PIL path.
             array = np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+        elif array.dtype == np.uint16:
+            _warn_deep()
+            array = np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8)
         elif array.dtype != np.uint8:
-            raise ValueError(f"Integer image arrays must be uint8, got {array.dtype}.")
-        return PIL.Image.fromarray(array).convert("RGB")
+            raise ValueError(f"Integer image arrays must be uint8 (or uint16), got {array.dtype}.")
+        return PIL.Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
     raise ValueError(
-        f"Unsupported image type {type(image).__name__}; give a PIL image, a file path, a uint8 (H, W, 3) array or "
+        f"Unsupported `image` type {type(image).__name__}; give a PIL image, a file path, a uint8 (H, W, 3) array or "
         "a (3, H, W) tensor."
     )
 
 
 def preprocess_image(image, height: int, width: int) -> torch.Tensor:
     """
-    The conditioning image as the original hands it to the Wan2.2 VAE (spec §6.4 steps 1-3).
+    The conditioning image as the original hands it to the Wan2.2 VAE.
 
     Steps: load (EXIF transpose + RGB), centre crop to the target aspect ratio ([`resize_crop`]), then diffusers'
     `VideoProcessor(vae_scale_factor=16).preprocess`: PIL Lanczos resize to `width × height`, `/255`, `2x − 1`.
@@ -131,7 +182,7 @@ def preprocess_image(image, height: int, width: int) -> torch.Tensor:
             A PIL image, an image file path (or URL), a uint8 array `(H, W)` / `(H, W, 3|4)`, or a tensor `(3, H, W)`
             / `(H, W, 3)` (optionally with a leading batch of 1). Float arrays/tensors must be in `[0, 1]` and are
             quantised to 8 bits first.
-        height (`int`): Output height, a multiple of 16 (the pipeline snaps sizes to multiples of 32, spec §3.1).
+        height (`int`): Output height, a multiple of 16 (the pipeline snaps sizes to multiples of 32).
         width (`int`): Output width, a multiple of 16.
 
     Returns:
