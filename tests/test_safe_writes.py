@@ -175,3 +175,16 @@ def test_bad_pad_multiple_is_a_clear_error(tmp_path, capsys, value):
     if value != "eight":
         with pytest.raises(ValueError, match="pad_swiglu_to_multiple_of"):
             convert_transformer(DIT / "checkpoint", "base", config=DIT / "config.json", pad_swiglu_to_multiple_of=int(value))
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    """The temporary file / folder is private while written; what lands under the final name has the usual mode."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path = export_to_video(_frames(), tmp_path / "a.mp4")
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
+    from diffusers_magihuman.conversion._io import atomic_output_folder
+
+    with atomic_output_folder(tmp_path / "folder") as staging:
+        Path(staging, "x.json").write_text("{}")
+    assert os.stat(tmp_path / "folder").st_mode & 0o777 == 0o777 & ~mask

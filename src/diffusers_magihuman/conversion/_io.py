@@ -100,6 +100,7 @@ def atomic_output_folder(path: str | os.PathLike, overwrite: bool = False, what:
     path = os.path.abspath(check_output_folder(path, overwrite, what))
     parent, name = os.path.split(path)
     staging = tempfile.mkdtemp(prefix=f".{name}.partial-", dir=parent)
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private (0700); give it a normal folder's mode
     try:
         yield staging
         check_output_folder(path, overwrite, what)  # something may have appeared meanwhile
@@ -117,6 +118,12 @@ def atomic_output_folder(path: str | os.PathLike, overwrite: bool = False, what:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def positive_int(name: str):

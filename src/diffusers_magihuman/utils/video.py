@@ -254,6 +254,9 @@ def export_to_video(
     stem, ext = os.path.splitext(name)
     fd, tmp_path = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".partial{ext}", dir=folder)
     os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp_path, 0o666 & ~mask)  # mkstemp makes it private (0600); give the video a normal file's mode
     try:
         _encode(av, tmp_path, video, pcm, fps, crf, width + pad_w, height + pad_h, audio_sample_rate)
         _move_into_place(tmp_path, output_path, overwrite)
