@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 
 
-ORIGINAL_REPO = "GAIR-NLP/daVinci-MagiHuman"
+ORIGINAL_REPO = "GAIR/daVinci-MagiHuman"  # the Hub repository of the original release
 CARD_VARIANTS = ("base", "distill", "sr_540p", "sr_1080p", "turbo_vae")
 
 # name -> (what, credit, licence, source)
