@@ -211,21 +211,9 @@ def _load_shard(path: str, names: list[str] | None, block_dtype: torch.dtype | N
     raise FileNotFoundError(f"Checkpoint shard {path} (or {path}.zst) not found.")
 
 
-def load_original_state_dict(
-    checkpoint_dir: str | os.PathLike, block_dtype: torch.dtype | None = None
-) -> dict[str, torch.Tensor]:
-    """
-    Reads an original checkpoint folder like upstream's `load_model_checkpoint`.
-
-    Args:
-        checkpoint_dir (`str`): folder with `model.safetensors.index.json` and its shards (each shard may be stored as
-            `<shard>.zst`), or with a single `model.safetensors` (or `model.safetensors.zst`).
-        block_dtype (`torch.dtype`, *optional*): cast the block linears (`linear_qkv`, `linear_proj`, `up_gate_proj`,
-            `down_proj`) to this dtype while reading, shard by shard (keeps memory low for the fp32 releases).
-
-    Returns:
-        `dict[str, torch.Tensor]` with the original key names.
-    """
+def _shard_plan(checkpoint_dir: str | os.PathLike) -> tuple[str, dict[str | None, list[str] | None]]:
+    """`(checkpoint_dir, {shard file name: [tensor names] | None})` of an original checkpoint folder, after checking that
+    the index is readable and every shard it names is present (`None` names: a single-file checkpoint, all keys)."""
     checkpoint_dir = os.fspath(checkpoint_dir)
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"Original checkpoint folder {checkpoint_dir} does not exist.")
@@ -237,14 +225,13 @@ def load_original_state_dict(
                 f"{checkpoint_dir} has neither model.safetensors.index.json nor model.safetensors(.zst): not an "
                 "original daVinci-MagiHuman checkpoint folder (e.g. the Hub's base/, distill/, 540p_sr/, 1080p_sr/)."
             )
-        return _load_shard(single, None, block_dtype)
-
+        return checkpoint_dir, {"model.safetensors": None}
     weight_map = read_json(index_path, "checkpoint index").get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CorruptCheckpointError(
             f"The checkpoint index {index_path!r} has no `weight_map` object (name -> shard file); download it again."
         )
-    shards: dict[str, list[str]] = {}
+    shards: dict[str | None, list[str] | None] = {}
     for name, shard in weight_map.items():
         shards.setdefault(shard, []).append(name)
     absent = [
@@ -257,9 +244,95 @@ def load_original_state_dict(
             f"{index_path} lists {len(absent)} shard(s) that are not in {checkpoint_dir}: {', '.join(sorted(absent))} "
             "(nor as .zst). Download the missing files."
         )
+    return checkpoint_dir, shards
+
+
+def read_original_shapes(checkpoint_dir: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]]:
+    """
+    `{original key: (shape, dtype name)}` of an original checkpoint, read from the safetensors headers only (no tensor
+    data is loaded; `.zst` shards are decompressed). A truncated or corrupt shard raises an error naming it: the
+    header records every tensor's byte range, and a file shorter than that fails here.
+    """
+    checkpoint_dir, shards = _shard_plan(checkpoint_dir)
+    out = {}
+    for shard, names in shards.items():
+        path = os.path.join(checkpoint_dir, shard)
+        if os.path.exists(path):
+            try:
+                with safe_open(path, framework="pt") as handle:
+                    keys = set(handle.keys())
+                    for name in keys if names is None else names:
+                        if name not in keys:
+                            raise CheckpointConversionError(
+                                f"{path} does not contain {name!r}, which the index lists there: the shard and "
+                                "model.safetensors.index.json come from different downloads; download both again."
+                            )
+                        sl = handle.get_slice(name)
+                        out[name] = (tuple(sl.get_shape()), str(sl.get_dtype()))
+            except CheckpointConversionError:
+                raise
+            except Exception as e:
+                raise corrupt_file_error(path, e, "checkpoint shard") from None
+        else:
+            for name, tensor in _load_shard(path, names, None).items():
+                out[name] = (tuple(tensor.shape), str(tensor.dtype).replace("torch.", ""))
+    return out
+
+
+def check_original_checkpoint(
+    checkpoint_dir: str | os.PathLike,
+    variant: str,
+    config: str | os.PathLike | Mapping | None = None,
+    pad_swiglu_to_multiple_of: int | None = None,
+) -> dict[str, Any]:
+    """
+    Checks, without loading any tensor data, that an original checkpoint converts for `variant`: the index and every
+    shard are readable, and every key and shape fits the architecture. Raises what [`convert_transformer`] would.
+
+    Returns:
+        `dict` with `transformer_config`, `num_parameters` and `checkpoint_bytes` (files on disk).
+    """
+    check_pad_multiple(pad_swiglu_to_multiple_of)
+    model_config = transformer_config_from_original(variant, config)
+    if pad_swiglu_to_multiple_of:
+        model_config["pad_swiglu_to_multiple_of"] = int(pad_swiglu_to_multiple_of)
+    shapes = read_original_shapes(checkpoint_dir)
+    meta = {name: torch.empty(shape, device="meta") for name, (shape, _) in shapes.items()}
+    converted = convert_state_dict(meta, model_config)
+    checkpoint_dir, shards = _shard_plan(checkpoint_dir)
+    size = 0
+    for shard in shards:
+        path = os.path.join(checkpoint_dir, shard)
+        size += os.path.getsize(path) if os.path.exists(path) else os.path.getsize(path + ".zst")
+    return {
+        "transformer_config": model_config,
+        "num_parameters": sum(t.numel() for t in converted.values()),
+        "checkpoint_bytes": size,
+    }
+
+
+def load_original_state_dict(
+    checkpoint_dir: str | os.PathLike, block_dtype: torch.dtype | None = None, progress=None
+) -> dict[str, torch.Tensor]:
+    """
+    Reads an original checkpoint folder like upstream's `load_model_checkpoint`.
+
+    Args:
+        checkpoint_dir (`str`): folder with `model.safetensors.index.json` and its shards (each shard may be stored as
+            `<shard>.zst`), or with a single `model.safetensors` (or `model.safetensors.zst`).
+        block_dtype (`torch.dtype`, *optional*): cast the block linears (`linear_qkv`, `linear_proj`, `up_gate_proj`,
+            `down_proj`) to this dtype while reading, shard by shard (keeps memory low for the fp32 releases).
+        progress (`Callable[[str], None]`, *optional*): called with each shard's file name once it is read.
+
+    Returns:
+        `dict[str, torch.Tensor]` with the original key names.
+    """
+    checkpoint_dir, shards = _shard_plan(checkpoint_dir)
     state_dict = {}
     for shard, names in shards.items():
         state_dict.update(_load_shard(os.path.join(checkpoint_dir, shard), names, block_dtype))
+        if progress is not None:
+            progress(shard)
     return state_dict
 
 
@@ -552,6 +625,7 @@ def convert_transformer(
     config: str | os.PathLike | Mapping | None = None,
     dtype: str = "bf16",
     pad_swiglu_to_multiple_of: int | None = None,
+    progress=None,
 ) -> MagiHumanTransformer3DModel:
     """
     Loads and converts an original checkpoint into a [`MagiHumanTransformer3DModel`].
@@ -562,6 +636,7 @@ def convert_transformer(
         config (`str`, `os.PathLike` or `dict`, *optional*): `--config` overrides (see the module docstring).
         dtype (`str`, defaults to `"bf16"`): `bf16`, `fp32` or `keep`.
         pad_swiglu_to_multiple_of (`int`, *optional*): zero-pad the swiglu7 width (exact).
+        progress (`Callable[[str], None]`, *optional*): called with each shard's file name once it is read.
 
     Returns:
         [`MagiHumanTransformer3DModel`] in eval mode, on CPU.
@@ -572,7 +647,9 @@ def convert_transformer(
     model_config = transformer_config_from_original(variant, config)
     if pad_swiglu_to_multiple_of:
         model_config["pad_swiglu_to_multiple_of"] = int(pad_swiglu_to_multiple_of)
-    original = load_original_state_dict(checkpoint_dir, block_dtype=torch.bfloat16 if dtype == "bf16" else None)
+    original = load_original_state_dict(
+        checkpoint_dir, block_dtype=torch.bfloat16 if dtype == "bf16" else None, progress=progress
+    )
     state_dict = cast_state_dict(convert_state_dict(original, model_config), dtype)
     del original
     model = _build_meta_model(model_config)
