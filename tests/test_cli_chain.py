@@ -70,6 +70,8 @@ def test_prompts_file_and_num_videos(folders, tmp_path):
         (["--sr", "1080p", "--sr-model", "{sr540}"], "holds the 540p"),
         (["--sr", "540p"], "needs --sr-model"),
         (["--image", "{tmp}/face.png"], "does not exist"),
+        (["--audio", "{tmp}/exists.mp4"], "cannot be decoded as audio"),
+        (["--prompt-file", "{tmp}/p.txt", "--prompt", "x"], "exactly one of"),
         (["--height", "250"], "multiple of 32 (e.g. 224 or 256)"),
         (["--seconds", "120"], "--seconds must be in (0, 60]"),
         (["--guidance-scale", "5"], "without guidance"),

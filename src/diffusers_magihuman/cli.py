@@ -495,6 +495,11 @@ def plan_generate(args) -> dict:
         stage = meta.get("stage", "base")
         if stage != "base" and args.sr is not None and stage != args.sr:
             raise UsageError(f"--latents-in holds {stage} latents; --sr {args.sr} cannot refine them.")
+        if args.num_videos != video.shape[0]:
+            raise UsageError(
+                f"--latents-in {args.latents_in!r} holds {video.shape[0]} video(s); drop --num-videos (it applies when "
+                "sampling)."
+            )
         resume = (video, audio, meta)
 
     # Outputs
