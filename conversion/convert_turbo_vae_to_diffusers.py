@@ -6,6 +6,10 @@ import sys
 from diffusers_magihuman.conversion import convert_turbo_vae_to_diffusers as _impl
 
 
+# Loaded as a file (e.g. `importlib.util.spec_from_file_location`), the module object is this one: give it the package
+# module's names too, private helpers included.
+globals().update({name: value for name, value in vars(_impl).items() if not name.startswith("__")})
+
 if __name__ == "__main__":
     sys.exit(_impl.main())
 else:

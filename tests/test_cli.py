@@ -33,3 +33,27 @@ def test_generate_from_folder_and_bad_input(tmp_path, capsys):
     rc = main(["generate", "--model", str(folder), "--prompt", "  ", "--output", str(tmp_path / "x.mp4")])
     assert rc == 2 and "empty" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_demo_refuses_to_replace_a_file_without_overwrite(tmp_path, capsys):
+    path = tmp_path / "demo.mp4"
+    path.write_bytes(b"mine")
+    small = ["--seconds", "0.2", "--height", "32", "--width", "32"]
+    assert main(["demo", "--output", str(path), *small]) == 2
+    assert "--overwrite" in capsys.readouterr().err and path.read_bytes() == b"mine"
+    assert main(["demo", "--output", str(path), *small, "--overwrite"]) == 0
+    assert read_video_info(str(path)).num_frames == 5
+
+
+def test_every_flag_has_a_help_line():
+    from diffusers_magihuman.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in subparsers.items():
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            assert action.help and len(action.help) > 10, (name, action.dest)
+            if action.default not in (None, False) and name == "generate":
+                assert "default" in action.help, (name, action.dest)

@@ -11,7 +11,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Image preprocessing (spec §6.4) against the original, and mp4 writing/reading (spec §7.4, §7.7)."""
+"""Image preprocessing (centre crop to the aspect ratio, Lanczos resize) against the original, and mp4 writing/reading
+(truncating uint8 conversion, H.264 + AAC with 16-bit PCM audio, as the original writes)."""
 
 import io
 import sys
@@ -35,9 +36,9 @@ def ti2v():
     return load_file(str(FIXTURES / "loop_ti2v_base.safetensors"))
 
 
-# --------------------------------------------------------------------------- image (spec §6.4)
+# --------------------------------------------------------------------------- image
 def test_resize_crop_rounding_quirk():
-    # spec §6.4 / §9.17: 50x37 -> square target keeps the height, box (6.5, 0, 43.5, 37) -> PIL rounds to 38x37.
+    # The original's crop box is fractional and PIL rounds it: 50x37 -> square target keeps the height, box (6.5, 0, 43.5, 37) -> PIL rounds to 38x37.
     image = PIL.Image.new("RGB", (50, 37))
     assert resize_crop(image, 32, 32).size == (38, 37)
     # Tall image: keep the width, new_h = int(40 * 16 / 32) = 20.
@@ -76,7 +77,7 @@ def test_preprocess_image_matches_upstream(ti2v, tmp_path):
 
 
 def test_preprocess_image_exif_transpose():
-    # A portrait photo stored landscape with EXIF orientation 6 (rotate 90° CW) is loaded upright (spec §6.4 step 1).
+    # A portrait photo stored landscape with EXIF orientation 6 (rotate 90° CW) is loaded upright, as the original's loader does.
     stored = PIL.Image.new("RGB", (64, 32), (255, 0, 0))
     stored.paste((0, 0, 255), (0, 0, 32, 32))  # left half blue
     exif = stored.getexif()
@@ -104,7 +105,7 @@ def test_preprocess_image_errors(tmp_path):
         preprocess_image(torch.full((3, 8, 8), 2.0), 32, 32)
 
 
-# --------------------------------------------------------------------------- pixels (spec §7.4)
+# --------------------------------------------------------------------------- pixels (truncating uint8 cast)
 def test_frames_to_uint8_truncates():
     x = torch.tensor([-2.0, -1.0, 0.0, 0.999, 1.0, 3.0, 2 * (100.7 / 255) - 1])
     out = frames_to_uint8(x)
@@ -117,7 +118,7 @@ def test_frames_to_uint8_truncates():
     assert np.array_equal(frames_to_uint8(y).numpy(), ref)
 
 
-# --------------------------------------------------------------------------- mp4 (spec §7.7)
+# --------------------------------------------------------------------------- mp4 (H.264 + AAC)
 def _decode(path):
     import av
 

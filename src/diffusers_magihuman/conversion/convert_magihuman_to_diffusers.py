@@ -28,7 +28,8 @@ diffusers-format component folders instead of copying them. ``--transformer-only
 
 Input: an original checkpoint folder (``model.safetensors.index.json`` plus shards, a shard optionally stored as
 ``<shard>.safetensors.zst``; or one ``model.safetensors``), with upstream's key names (331 keys at full size).
-``--variant`` picks the architecture settings the original applies outside the checkpoint (spec ``dit.md`` §1, §6):
+``--variant`` picks the architecture settings the original applies in code, outside the checkpoint (its config
+overrides for the SR evaluators and its data proxy):
 
 =============  ============  ==========================================================================
 variant        coords style  local attention
@@ -90,6 +91,14 @@ from safetensors.torch import load as load_safetensors_bytes
 
 from diffusers.utils import logging
 
+from diffusers_magihuman.conversion._io import (
+    CorruptCheckpointError,
+    atomic_output_folder,
+    check_output_folder,
+    corrupt_file_error,
+    positive_int,
+    read_json,
+)
 from diffusers_magihuman.constants import SR_1080P_GLOBAL_LAYERS
 from diffusers_magihuman.models.transformer_magihuman import (
     MODALITIES,
@@ -102,7 +111,7 @@ logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
 VARIANTS = ("base", "distill", "sr_540p", "sr_1080p")
 
-# `post_override_config` with `SR2_1080` set (spec §6): every layer but 3, 7, 11, ..., 31 is local.
+# The original's `post_override_config` with `SR2_1080` set: every layer but 3, 7, 11, ..., 31 is local.
 SR_1080P_LOCAL_ATTN_LAYERS = [i for i in range(40) if i not in SR_1080P_GLOBAL_LAYERS]
 
 _TOP_LEVEL_KEYS = {
@@ -157,13 +166,13 @@ def _decompress_zstd(path: str) -> bytes:
         with open(path, "rb") as handle:
             return zstandard.ZstdDecompressor().stream_reader(handle).read()
     if shutil.which("zstd") is None:
-        raise RuntimeError(
+        raise ImportError(
             f"{path} is zstd-compressed but neither the `zstandard` module nor the `zstd` command is available. "
             "Install one (`pip install zstandard` or your OS package `zstd`), or decompress the shard by hand."
         )
     result = subprocess.run(["zstd", "-d", "-c", path], capture_output=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"`zstd -d` failed on {path}: {result.stderr.decode(errors='replace')}")
+        raise corrupt_file_error(path, RuntimeError(result.stderr.decode(errors="replace").strip()), "compressed shard")
     return result.stdout
 
 
@@ -175,14 +184,28 @@ def _load_shard(path: str, names: list[str] | None, block_dtype: torch.dtype | N
 
     if os.path.exists(path):
         tensors = {}
-        with safe_open(path, framework="pt") as handle:
-            for name in handle.keys() if names is None else names:
-                if name not in handle.keys():
-                    raise CheckpointConversionError(f"{path} does not contain {name!r}, which the index lists there.")
-                tensors[name] = _cast(name, handle.get_tensor(name))
+        try:
+            with safe_open(path, framework="pt") as handle:
+                keys = set(handle.keys())
+                for name in keys if names is None else names:
+                    if name not in keys:
+                        raise CheckpointConversionError(
+                            f"{path} does not contain {name!r}, which the index lists there: the shard and "
+                            "model.safetensors.index.json come from different downloads; download both again."
+                        )
+                    tensors[name] = _cast(name, handle.get_tensor(name))
+        except CheckpointConversionError:
+            raise
+        except Exception as e:  # safetensors' SafetensorError (truncated header/data), OSError
+            raise corrupt_file_error(path, e, "checkpoint shard") from None
         return tensors
     if os.path.exists(path + ".zst"):
-        loaded = load_safetensors_bytes(_decompress_zstd(path + ".zst"))
+        try:
+            loaded = load_safetensors_bytes(_decompress_zstd(path + ".zst"))
+        except (ImportError, CorruptCheckpointError):
+            raise
+        except Exception as e:  # zstd frame errors, SafetensorError on the decompressed bytes
+            raise corrupt_file_error(path + ".zst", e, "compressed checkpoint shard") from None
         names = list(loaded) if names is None else names
         missing = [name for name in names if name not in loaded]
         if missing:
@@ -191,21 +214,9 @@ def _load_shard(path: str, names: list[str] | None, block_dtype: torch.dtype | N
     raise FileNotFoundError(f"Checkpoint shard {path} (or {path}.zst) not found.")
 
 
-def load_original_state_dict(
-    checkpoint_dir: str | os.PathLike, block_dtype: torch.dtype | None = None
-) -> dict[str, torch.Tensor]:
-    """
-    Reads an original checkpoint folder like upstream's `load_model_checkpoint`.
-
-    Args:
-        checkpoint_dir (`str`): folder with `model.safetensors.index.json` and its shards (each shard may be stored as
-            `<shard>.zst`), or with a single `model.safetensors` (or `model.safetensors.zst`).
-        block_dtype (`torch.dtype`, *optional*): cast the block linears (`linear_qkv`, `linear_proj`, `up_gate_proj`,
-            `down_proj`) to this dtype while reading, shard by shard (keeps memory low for the fp32 releases).
-
-    Returns:
-        `dict[str, torch.Tensor]` with the original key names.
-    """
+def _shard_plan(checkpoint_dir: str | os.PathLike) -> tuple[str, dict[str | None, list[str] | None]]:
+    """`(checkpoint_dir, {shard file name: [tensor names] | None})` of an original checkpoint folder, after checking that
+    the index is readable and every shard it names is present (`None` names: a single-file checkpoint, all keys)."""
     checkpoint_dir = os.fspath(checkpoint_dir)
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"Original checkpoint folder {checkpoint_dir} does not exist.")
@@ -217,16 +228,114 @@ def load_original_state_dict(
                 f"{checkpoint_dir} has neither model.safetensors.index.json nor model.safetensors(.zst): not an "
                 "original daVinci-MagiHuman checkpoint folder (e.g. the Hub's base/, distill/, 540p_sr/, 1080p_sr/)."
             )
-        return _load_shard(single, None, block_dtype)
-
-    with open(index_path) as handle:
-        weight_map = json.load(handle)["weight_map"]
-    shards: dict[str, list[str]] = {}
+        return checkpoint_dir, {"model.safetensors": None}
+    weight_map = read_json(index_path, "checkpoint index").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CorruptCheckpointError(
+            f"The checkpoint index {index_path!r} has no `weight_map` object (name -> shard file); download it again."
+        )
+    shards: dict[str | None, list[str] | None] = {}
     for name, shard in weight_map.items():
         shards.setdefault(shard, []).append(name)
+    absent = [
+        shard
+        for shard in shards
+        if not (os.path.exists(os.path.join(checkpoint_dir, shard)) or os.path.exists(os.path.join(checkpoint_dir, shard) + ".zst"))
+    ]
+    if absent:
+        raise FileNotFoundError(
+            f"{index_path} lists {len(absent)} shard(s) that are not in {checkpoint_dir}: {', '.join(sorted(absent))} "
+            "(nor as .zst). Download the missing files."
+        )
+    return checkpoint_dir, shards
+
+
+def read_original_shapes(checkpoint_dir: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]]:
+    """
+    `{original key: (shape, dtype name)}` of an original checkpoint, read from the safetensors headers only (no tensor
+    data is loaded; `.zst` shards are decompressed). A truncated or corrupt shard raises an error naming it: the
+    header records every tensor's byte range, and a file shorter than that fails here.
+    """
+    checkpoint_dir, shards = _shard_plan(checkpoint_dir)
+    out = {}
+    for shard, names in shards.items():
+        path = os.path.join(checkpoint_dir, shard)
+        if os.path.exists(path):
+            try:
+                with safe_open(path, framework="pt") as handle:
+                    keys = set(handle.keys())
+                    for name in keys if names is None else names:
+                        if name not in keys:
+                            raise CheckpointConversionError(
+                                f"{path} does not contain {name!r}, which the index lists there: the shard and "
+                                "model.safetensors.index.json come from different downloads; download both again."
+                            )
+                        sl = handle.get_slice(name)
+                        out[name] = (tuple(sl.get_shape()), str(sl.get_dtype()))
+            except CheckpointConversionError:
+                raise
+            except Exception as e:
+                raise corrupt_file_error(path, e, "checkpoint shard") from None
+        else:
+            for name, tensor in _load_shard(path, names, None).items():
+                out[name] = (tuple(tensor.shape), str(tensor.dtype).replace("torch.", ""))
+    return out
+
+
+def check_original_checkpoint(
+    checkpoint_dir: str | os.PathLike,
+    variant: str,
+    config: str | os.PathLike | Mapping | None = None,
+    pad_swiglu_to_multiple_of: int | None = None,
+) -> dict[str, Any]:
+    """
+    Checks, without loading any tensor data, that an original checkpoint converts for `variant`: the index and every
+    shard are readable, and every key and shape fits the architecture. Raises what [`convert_transformer`] would.
+
+    Returns:
+        `dict` with `transformer_config`, `num_parameters` and `checkpoint_bytes` (files on disk).
+    """
+    check_pad_multiple(pad_swiglu_to_multiple_of)
+    model_config = transformer_config_from_original(variant, config)
+    if pad_swiglu_to_multiple_of:
+        model_config["pad_swiglu_to_multiple_of"] = int(pad_swiglu_to_multiple_of)
+    shapes = read_original_shapes(checkpoint_dir)
+    meta = {name: torch.empty(shape, device="meta") for name, (shape, _) in shapes.items()}
+    converted = convert_state_dict(meta, model_config)
+    checkpoint_dir, shards = _shard_plan(checkpoint_dir)
+    size = 0
+    for shard in shards:
+        path = os.path.join(checkpoint_dir, shard)
+        size += os.path.getsize(path) if os.path.exists(path) else os.path.getsize(path + ".zst")
+    return {
+        "transformer_config": model_config,
+        "num_parameters": sum(t.numel() for t in converted.values()),
+        "checkpoint_bytes": size,
+    }
+
+
+def load_original_state_dict(
+    checkpoint_dir: str | os.PathLike, block_dtype: torch.dtype | None = None, progress=None
+) -> dict[str, torch.Tensor]:
+    """
+    Reads an original checkpoint folder like upstream's `load_model_checkpoint`.
+
+    Args:
+        checkpoint_dir (`str`): folder with `model.safetensors.index.json` and its shards (each shard may be stored as
+            `<shard>.zst`), or with a single `model.safetensors` (or `model.safetensors.zst`).
+        block_dtype (`torch.dtype`, *optional*): cast the block linears (`linear_qkv`, `linear_proj`, `up_gate_proj`,
+            `down_proj`) to this dtype while reading, shard by shard (keeps memory low for the fp32 releases).
+        progress (`Callable[[str], None]`, *optional*): called with each shard's file name once it is read.
+
+    Returns:
+        `dict[str, torch.Tensor]` with the original key names.
+    """
+    checkpoint_dir, shards = _shard_plan(checkpoint_dir)
     state_dict = {}
     for shard, names in shards.items():
         state_dict.update(_load_shard(os.path.join(checkpoint_dir, shard), names, block_dtype))
+        if progress is not None:
+            progress(shard)
     return state_dict
 
 
@@ -257,8 +366,7 @@ def transformer_config_from_original(
         if isinstance(config_json, Mapping):
             overrides = dict(config_json)
         else:
-            with open(config_json) as handle:
-                overrides = json.load(handle)
+            overrides = read_json(config_json, "--config JSON")
     model_cfg = overrides.get("model_config", overrides.get("arch_config"))
     if config_json is not None and not isinstance(model_cfg, Mapping):
         raise CheckpointConversionError(
@@ -538,12 +646,24 @@ def cast_state_dict(state_dict: dict[str, torch.Tensor], dtype: str = "bf16") ->
     return out
 
 
+def check_pad_multiple(value) -> None:
+    """`pad_swiglu_to_multiple_of` must be `None` or an integer >= 1 (1 keeps the original width)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"pad_swiglu_to_multiple_of (--pad-swiglu-to-multiple-of) must be an integer >= 1 (1 keeps the original "
+            f"width, 8 is the default), got {value!r}."
+        )
+
+
 def convert_transformer(
     checkpoint_dir: str | os.PathLike,
     variant: str,
     config: str | os.PathLike | Mapping | None = None,
     dtype: str = "bf16",
     pad_swiglu_to_multiple_of: int | None = None,
+    progress=None,
 ) -> MagiHumanTransformer3DModel:
     """
     Loads and converts an original checkpoint into a [`MagiHumanTransformer3DModel`].
@@ -554,16 +674,20 @@ def convert_transformer(
         config (`str`, `os.PathLike` or `dict`, *optional*): `--config` overrides (see the module docstring).
         dtype (`str`, defaults to `"bf16"`): `bf16`, `fp32` or `keep`.
         pad_swiglu_to_multiple_of (`int`, *optional*): zero-pad the swiglu7 width (exact).
+        progress (`Callable[[str], None]`, *optional*): called with each shard's file name once it is read.
 
     Returns:
         [`MagiHumanTransformer3DModel`] in eval mode, on CPU.
     """
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}.")
+    check_pad_multiple(pad_swiglu_to_multiple_of)
     model_config = transformer_config_from_original(variant, config)
     if pad_swiglu_to_multiple_of:
         model_config["pad_swiglu_to_multiple_of"] = int(pad_swiglu_to_multiple_of)
-    original = load_original_state_dict(checkpoint_dir, block_dtype=torch.bfloat16 if dtype == "bf16" else None)
+    original = load_original_state_dict(
+        checkpoint_dir, block_dtype=torch.bfloat16 if dtype == "bf16" else None, progress=progress
+    )
     state_dict = cast_state_dict(convert_state_dict(original, model_config), dtype)
     del original
     model = _build_meta_model(model_config)
@@ -766,7 +890,9 @@ def write_pipeline_folder(
         dst = os.path.join(output_dir, "turbo_vae")
         if kind == "original":
             turbo = _sibling("convert_turbo_vae_to_diffusers").load_turbo_vae_original(src, plan["turbo_vae_config"][1])
-            turbo.to(torch.bfloat16).save_pretrained(dst)  # the original runs it in bf16
+            # The original runs it in bf16. nn.Module.to: the model has no fp32 islands, so diffusers' warning about
+            # `_keep_in_fp32_modules` on a plain `.to(dtype)` does not apply.
+            torch.nn.Module.to(turbo, torch.bfloat16).save_pretrained(dst)
         else:
             _place_folder(src, dst, link)
         index["turbo_vae"] = ["diffusers_magihuman", "AutoencoderTurboVAED"]
@@ -786,7 +912,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=_DTYPES, default="bf16")
     parser.add_argument("--output", required=True, help="output folder; the model goes to OUTPUT/transformer/")
     parser.add_argument("--pad-swiglu-to-multiple-of", "--pad_swiglu_to_multiple_of", dest="pad_swiglu",
-                        type=int, default=8,
+                        type=positive_int("--pad-swiglu-to-multiple-of"), default=8,
                         help="zero-pad the swiglu7 width to a multiple of N (exact; 13652 -> 13656 at full size, which "
                              "puts down_proj on fast GEMM kernels, -18%% eager time on H200). 1 keeps the original width")
     parser.add_argument("--max-shard-size", "--max_shard_size", dest="max_shard_size", default="10GB")
@@ -801,6 +927,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="original Turbo-VAE .ckpt, or a converted AutoencoderTurboVAED folder")
     parser.add_argument("--turbo-vae-config", dest="turbo_vae_config", default=None, help="the Turbo-VAE JSON (.ckpt only)")
     parser.add_argument("--link", action="store_true", help="symlink diffusers-format component folders instead of copying")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing non-empty --output folder (only once the new one is complete)")
+    parser.add_argument("--no-model-card", dest="model_card", action="store_false",
+                        help="do not write the README.md model card into the pipeline folder")
     return parser.parse_args(argv)
 
 
@@ -814,18 +944,34 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.transformer_only and any(components.values()):
         raise ValueError("--transformer-only writes no other component; drop it or the component flags.")
-    # Step 0: check every component input before any long work or any write.
+    # Step 0: check every input and the output folder before any long work or any write.
     plan = None if args.transformer_only else plan_pipeline_components(**components, turbo_vae_config=args.turbo_vae_config)
+    if args.transformer_only:
+        target = os.path.join(args.output, "transformer")
+        if os.path.isdir(args.output):
+            check_output_folder(target, args.overwrite, what=f"{target} (--output/transformer)")
+    else:
+        check_output_folder(args.output, args.overwrite)
     # Step 1: the transformer (validated completely before anything is written).
     model = convert_transformer(
         args.checkpoint, args.variant, config=args.config, dtype=args.dtype, pad_swiglu_to_multiple_of=args.pad_swiglu
     )
-    transformer_dir = save_transformer(model, args.output, max_shard_size=args.max_shard_size)
-    print(f"[convert] wrote {transformer_dir}")
     if args.transformer_only:
+        os.makedirs(args.output, exist_ok=True)
+        with atomic_output_folder(os.path.join(args.output, "transformer"), args.overwrite) as staging:
+            model.save_pretrained(staging, safe_serialization=True, max_shard_size=args.max_shard_size)
+        print(f"[convert] wrote {os.path.join(args.output, 'transformer')}")
         return 0
-    # Step 2: scheduler/, the bundled components and model_index.json (written last).
-    write_pipeline_folder(args.output, args.variant, plan, link=args.link)
+    # Step 2: everything goes into a temporary folder next to --output, renamed into place at the end, so an
+    # interrupted run leaves no half folder and an existing folder is replaced only with --overwrite.
+    with atomic_output_folder(args.output, args.overwrite) as staging:
+        save_transformer(model, staging, max_shard_size=args.max_shard_size)
+        del model
+        write_pipeline_folder(staging, args.variant, plan, link=args.link)
+        if args.model_card:
+            from diffusers_magihuman.conversion.model_card import write_model_card
+
+            write_model_card(staging, args.variant, components=sorted(c for c in plan if c != "turbo_vae_config"))
     print(f"[convert] wrote pipeline folder {args.output} ({PIPELINE_CLASS[args.variant]})")
     return 0
 

@@ -13,7 +13,7 @@
 # limitations under the License.
 """Convert a Stable-Audio-Open checkpoint folder (the layout daVinci-MagiHuman loads) to a diffusers Oobleck VAE.
 
-Input folder (spec pipeline.md §7.5):
+Input folder (what the original loads for its audio VAE):
   * `model_config.json`; the VAE config is `["model"]["pretransform"]["config"]`, the rate `["sample_rate"]`;
   * `model.safetensors`; the VAE weights are the `pretransform.model.*` keys (old-style `weight_g`/`weight_v`
     weight norm; `parametrizations.weight.original0/1` and plain `weight` are accepted too). Other keys (the
@@ -22,6 +22,9 @@ Input folder (spec pipeline.md §7.5):
 Usage:
     python conversion/convert_oobleck_to_diffusers.py --input /path/to/stable-audio-open-1.0 --output out/audio_vae
 
+The folder is written under a temporary name and renamed into place at the end; an existing non-empty `--output`
+is refused unless `--overwrite` is given.
+
 The stable-audio-open-1.0 repository also ships a diffusers `vae/` folder; pass that to
 `AutoencoderOobleck.from_pretrained` directly, no conversion needed.
 """
@@ -29,7 +32,6 @@ The stable-audio-open-1.0 repository also ships a diffusers `vae/` folder; pass 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 
@@ -38,6 +40,7 @@ from diffusers import AutoencoderOobleck
 from diffusers.utils import logging
 from safetensors.torch import load_file
 
+from diffusers_magihuman.conversion._io import atomic_output_folder, check_output_folder, corrupt_file_error, read_json
 from diffusers_magihuman.utils.audio import AutoencoderOobleckUntied
 
 
@@ -55,8 +58,7 @@ def _read_config(folder: str) -> tuple[dict, int]:
     path = os.path.join(folder, "model_config.json")
     if not os.path.isfile(path):
         raise ValueError(f"{path} not found: expected a Stable-Audio-Open folder with model_config.json.")
-    with open(path) as f:
-        full = json.load(f)
+    full = read_json(path, "Stable-Audio-Open config")
     try:
         vae = full["model"]["pretransform"]["config"]
     except (KeyError, TypeError) as e:
@@ -194,7 +196,10 @@ def load_oobleck_original(folder: str, torch_dtype: torch.dtype = torch.float32)
     weights = os.path.join(folder, "model.safetensors")
     if not os.path.isfile(weights):
         raise ValueError(f"{weights} not found: the Oobleck weights must be in model.safetensors.")
-    full = load_file(weights)
+    try:
+        full = load_file(weights)
+    except Exception as e:  # safetensors' SafetensorError on a truncated or corrupt file
+        raise corrupt_file_error(weights, e, "Stable-Audio-Open weights") from None
     original = {k[len(ORIGINAL_PREFIX) :]: v for k, v in full.items() if k.startswith(ORIGINAL_PREFIX)}
     if not original:
         raise ValueError(f"{weights} has no `{ORIGINAL_PREFIX}*` keys: it does not contain the Oobleck VAE.")
@@ -234,9 +239,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output", required=True, help="output diffusers model folder")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output folder")
     args = parser.parse_args(argv)
+    check_output_folder(args.output, args.overwrite)  # before the load
     model = load_oobleck_original(args.input, torch_dtype=getattr(torch, args.dtype))
-    model.save_pretrained(args.output)
+    with atomic_output_folder(args.output, args.overwrite) as staging:
+        model.save_pretrained(staging)
     if isinstance(model, AutoencoderOobleckUntied):
         logger.warning(
             f"Saved {args.output} as AutoencoderOobleckUntied (the encoder width differs from its latent size); load "

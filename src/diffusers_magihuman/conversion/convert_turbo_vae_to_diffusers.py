@@ -16,24 +16,27 @@ a diffusers model folder loadable with `AutoencoderTurboVAED.from_pretrained(DIR
 
 Usage:
     python -m conversion.convert_turbo_vae_to_diffusers --checkpoint checkpoint-340000.ckpt \
-        --config TurboV3-Wan22-TinyShallow_7_7.json --output out/turbo_vae [--dtype bf16|fp32]
+        --config TurboV3-Wan22-TinyShallow_7_7.json --output out/turbo_vae [--dtype bf16|fp32] [--overwrite]
+
+The folder is written under a temporary name and renamed into place at the end; an existing non-empty `--output`
+is refused unless `--overwrite` is given.
 """
 
 import argparse
 import inspect
-import json
 import os
 from collections.abc import Mapping
 
 import torch
 from diffusers.utils import logging
 
+from diffusers_magihuman.conversion._io import atomic_output_folder, check_output_folder, corrupt_file_error, read_json
 from diffusers_magihuman.models.autoencoder_turbo_vaed import AutoencoderTurboVAED
 
 
 logger = logging.get_logger(__name__)
 
-# Original config keys that only matter for training or are unused by the decoder (spec §7.2).
+# Original config keys that only matter for training (the aligned-feature heads) or that the decoder does not use.
 IGNORED_CONFIG_PREFIXES = ("aligned_feature_projection_", "aligned_blks_")
 IGNORED_CONFIG_KEYS = ("in_channels", "scaling_factor")
 # Training-only projection heads stored next to the decoder in the EMA state dict.
@@ -130,11 +133,15 @@ def load_turbo_vae_original(ckpt_path: str | os.PathLike, config_json_path: str 
     Raises:
         ValueError: On a malformed checkpoint, or when decoder keys are missing / unexpected / of the wrong shape.
     """
-    with open(config_json_path, encoding="utf-8") as f:
-        original_config = json.load(f)
+    original_config = read_json(config_json_path, "Turbo-VAE config")
     model = AutoencoderTurboVAED(**convert_turbo_vae_config(original_config))
 
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f"The Turbo-VAE checkpoint {os.fspath(ckpt_path)!r} does not exist.")
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip / pickle, or not a torch checkpoint
+        raise corrupt_file_error(ckpt_path, e, "Turbo-VAE checkpoint") from None
     state_dict = convert_turbo_vae_state_dict(_extract_state_dict(checkpoint, str(ckpt_path)))
     _check_state_dict(model, state_dict, str(ckpt_path))
     model.load_state_dict(state_dict, strict=True)
@@ -149,13 +156,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="original TurboVAED JSON config")
     parser.add_argument("--output", required=True, help="output folder (config.json + safetensors)")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="weight dtype to save (default bf16)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --output folder")
+    parser.add_argument("--no-model-card", dest="model_card", action="store_false", help="do not write README.md")
     args = parser.parse_args(argv)
 
+    check_output_folder(args.output, args.overwrite)  # before the (slow) load
     model = load_turbo_vae_original(args.checkpoint, args.config)
-    model = model.to(DTYPES[args.dtype])
-    model.save_pretrained(args.output, safe_serialization=True)
-    logger.info(f"Saved AutoencoderTurboVAED ({args.dtype}) to {args.output}")
+    model = torch.nn.Module.to(model, DTYPES[args.dtype])  # no fp32 islands: skip diffusers' `.to(dtype)` warning
+    with atomic_output_folder(args.output, args.overwrite) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        if args.model_card:
+            from diffusers_magihuman.conversion.model_card import write_model_card
+
+            write_model_card(staging, "turbo_vae")
+    print(f"wrote AutoencoderTurboVAED ({args.dtype}) to {args.output}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -11,11 +11,17 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Pixel conversion and mp4 (H.264 + AAC) writing/reading for MagiHuman outputs (spec §7.4, §7.7)."""
+"""Pixel conversion and mp4 (H.264 + AAC) writing/reading for MagiHuman outputs.
+
+Writes are safe: [`export_to_video`] encodes into a temporary file next to the destination and renames it into place
+at the end, so an interrupted write never leaves a half file under the final name and never damages an existing one,
+and it refuses to replace an existing file unless `overwrite=True`.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -41,11 +47,76 @@ def _import_av():
     return av
 
 
+# Containers PyAV writes with an H.264 video stream and an AAC audio stream.
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv")
+
+
+def check_output_path(output_path: str | os.PathLike, overwrite: bool = False, what: str = "output") -> str:
+    """
+    Checks that a video can be written to `output_path`, without writing anything. Used by [`export_to_video`] and,
+    before any weights load, by the `magihuman` command.
+
+    Args:
+        output_path (`str` or `os.PathLike`): the destination file.
+        overwrite (`bool`, defaults to `False`): whether an existing file may be replaced.
+        what (`str`, defaults to `"output"`): how the path is named in error messages (e.g. `"--output"`).
+
+    Returns:
+        `str`: the path.
+
+    Raises:
+        ValueError: the path is empty, a folder, or has no / an unsupported extension.
+        FileNotFoundError: its parent folder does not exist.
+        FileExistsError: the file exists and `overwrite` is false.
+    """
+    path = os.fspath(output_path)
+    if not path:
+        raise ValueError(f"{what} is empty; give a file name ending in {', '.join(VIDEO_EXTENSIONS)}.")
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path!r} is a folder; give a file name such as {os.path.join(path, 'out.mp4')!r}.")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in VIDEO_EXTENSIONS:
+        shown = f"extension {ext!r}" if ext else "no extension"
+        raise ValueError(f"{what} {path!r} has {shown}; use one of {', '.join(VIDEO_EXTENSIONS)} (H.264 + AAC).")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{what} {path!r}: the folder {parent!r} does not exist; create it first.")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"{what} {path!r}: the folder {parent!r} is not writable.")
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(
+            f"{what} {path!r} already exists; choose another name, or pass overwrite=True (CLI: --overwrite) to "
+            "replace it."
+        )
+    return path
+
+
+def _move_into_place(tmp: str, path: str, overwrite: bool) -> None:
+    """Renames the finished temporary file `tmp` to `path`; without `overwrite`, never replaces a file that appeared
+    in the meantime (a hard link fails if the name exists, atomically)."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(
+            f"{path!r} appeared while the video was written; it was left untouched. Pass overwrite=True (CLI: "
+            "--overwrite) to replace it."
+        ) from None
+    except OSError:  # file systems without hard links: check, then rename
+        if os.path.lexists(path):
+            raise FileExistsError(f"{path!r} appeared while the video was written; it was left untouched.") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
 def frames_to_uint8(frames: torch.Tensor) -> torch.Tensor:
     """
     Decoder output in `[-1, 1]` to uint8 pixels, as the original: `uint8(clamp(x·0.5 + 0.5, 0, 1)·255)`.
 
-    Quirk (spec §7.4, §9.19): the cast **truncates** (no rounding), so e.g. 0.999 maps to 254. Computed in float32
+    Quirk: the cast **truncates** (no rounding), so e.g. 0.999 maps to 254. Computed in float32
     (the original upcasts the Turbo-VAE output with `.float()` first). The layout is unchanged; permute to
     `(F, H, W, 3)` afterwards as needed.
 
@@ -89,7 +160,7 @@ def _frames_to_array(frames) -> np.ndarray:
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"Expected video frames of shape (F, H, W, 3), got {tuple(frames.shape)}.")
     if np.issubdtype(frames.dtype, np.floating):
-        # Float frames are [0, 1] pixels (the pipeline's output_type="np"); truncate like the original (spec §7.4).
+        # Float frames are [0, 1] pixels (the pipeline's output_type="np"); truncate like the original.
         frames = (np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
     elif frames.dtype != np.uint8:
         raise ValueError(f"Integer video frames must be uint8, got {frames.dtype}.")
@@ -118,7 +189,7 @@ def _audio_to_int16(audio, audio_sample_rate: int) -> np.ndarray:
         return np.ascontiguousarray(audio)
     if not np.issubdtype(audio.dtype, np.floating):
         raise ValueError(f"Audio must be float in [-1, 1] or int16, got {audio.dtype}.")
-    # spec §7.7, §9.19: the original writes a 16-bit PCM wav first (soundfile PCM_16: clip, ×32767, round to nearest),
+    # The original writes a 16-bit PCM wav first (soundfile PCM_16: clip, ×32767, round to nearest),
     # then encodes that to AAC.
     pcm = np.rint(np.clip(audio.astype(np.float64), -1.0, 1.0) * 32767.0).astype(np.int16)
     return np.ascontiguousarray(pcm)
@@ -131,9 +202,14 @@ def export_to_video(
     audio: np.ndarray | torch.Tensor | None = None,
     audio_sample_rate: int = 44100,
     quality: float = 8.0,
+    overwrite: bool = False,
 ) -> str:
     """
-    Writes an mp4: H.264 (libx264, yuv420p) video plus, when `audio` is given, an AAC audio track (spec §7.7).
+    Writes an mp4: H.264 (libx264, yuv420p) video plus, when `audio` is given, an AAC audio track.
+
+    The file is encoded under a temporary name in the destination folder and renamed into place once complete: an
+    interruption leaves any existing file untouched and no partial file under `output_path`. An existing file is
+    only replaced with `overwrite=True`.
 
     Matches the original's output: imageio `quality=8` (x264 CRF `int((1 − quality/10)·51)` = 10) at 25 fps, audio
     quantised to 16-bit PCM before AAC, and no trimming of the longer stream. Odd frame sizes are padded by one
@@ -143,18 +219,24 @@ def export_to_video(
         frames (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):
             The video: PIL images, an array `(F, H, W, 3)` (uint8, or float in `[0, 1]`), or a tensor
             `(F, 3, H, W)` / `(F, H, W, 3)` (same dtypes; a leading batch of 1 is dropped). Float values are
-            converted by truncation, like the original (spec §7.4).
+            converted by truncation, like the original.
         output_path (`str` or `os.PathLike`): Destination `.mp4` file.
         fps (`int`, defaults to 25): Frame rate.
         audio (`np.ndarray` or `torch.Tensor`, *optional*):
             Waveform `(S,)`, `(S, C)` or `(C, S)` (C = 1 or 2), float in `[-1, 1]` (or int16).
         audio_sample_rate (`int`, defaults to 44100): Sample rate of `audio`.
         quality (`float`, defaults to 8.0): imageio-style quality in `[0, 10]` (10 is best), mapped to x264 CRF.
+        overwrite (`bool`, defaults to `False`): replace an existing `output_path` (otherwise `FileExistsError`).
 
     Returns:
         `str`: `output_path`.
+
+    Raises:
+        FileExistsError: `output_path` exists and `overwrite` is false (checked before encoding).
+        ValueError / FileNotFoundError: bad frames, audio or path (see [`check_output_path`]).
     """
     av = _import_av()
+    output_path = check_output_path(output_path, overwrite=overwrite, what="output_path")
     if fps <= 0:
         raise ValueError(f"`fps` must be positive, got {fps}.")
     if not 0 <= quality <= 10:
@@ -167,12 +249,29 @@ def export_to_video(
         video = np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     pcm = _audio_to_int16(audio, audio_sample_rate) if audio is not None else None
 
-    output_path = os.fspath(output_path)
     crf = int((1 - quality / 10.0) * 51)  # imageio-ffmpeg's mapping for libx264
-    with av.open(output_path, mode="w") as container:
+    folder, name = os.path.split(os.path.abspath(output_path))
+    stem, ext = os.path.splitext(name)
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".partial{ext}", dir=folder)
+    os.close(fd)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp_path, 0o666 & ~mask)  # mkstemp makes it private (0600); give the video a normal file's mode
+    try:
+        _encode(av, tmp_path, video, pcm, fps, crf, width + pad_w, height + pad_h, audio_sample_rate)
+        _move_into_place(tmp_path, output_path, overwrite)
+    finally:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+    return output_path
+
+
+def _encode(av, path, video, pcm, fps, crf, width, height, audio_sample_rate) -> None:
+    """Encodes `video` (uint8 `(F, H, W, 3)`, even size) and optional int16 `pcm` `(C, S)` into the file `path`."""
+    with av.open(path, mode="w", format=_container_format(path)) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width = width + pad_w
-        stream.height = height + pad_h
+        stream.width = width
+        stream.height = height
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf)}
 
@@ -200,7 +299,11 @@ def export_to_video(
                 container.mux(packet)
             for packet in audio_stream.encode():
                 container.mux(packet)
-    return output_path
+
+
+def _container_format(path: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    return {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}.get(ext, "mp4")
 
 
 @dataclass
