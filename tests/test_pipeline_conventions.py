@@ -99,7 +99,7 @@ def test_lora_saved_by_either_route_loads_through_the_other(tmp_path):
     pipe = make_tiny_pipeline(seed=0)
     ref = pipe(PROMPT, num_inference_steps=1, generator=_gen(), **KW).frames
     trained = make_tiny_pipeline(seed=0).transformer
-    trained.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_out"]))
+    trained.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     trained.save_lora_adapter(tmp_path / "model_route")
     MagiHumanPipeline.save_lora_weights(tmp_path / "pipe_route", transformer_lora_layers=get_peft_model_state_dict(trained))
 

@@ -162,7 +162,6 @@ def test_sixty_second_limit_holds_for_driving_audio(pipe):
         (dict(height=np.float32(32.5)), "height"),
         (dict(sigmas=[0.5, 0.9]), "sigmas"),
         (dict(sigmas=[0.9, 0.5], timesteps=[900, 500]), "not both"),
-        (dict(timesteps=[900, 500]), "timesteps"),
         (dict(renoise_driving_audio=True, scheduler="unipc"), "renoise_driving_audio"),
         (dict(image=np.full((8, 8, 3), np.nan, np.float32)), "image"),
     ],
@@ -191,22 +190,33 @@ def test_nan_driving_audio_is_refused(pipe):
     assert calls.n == 0
 
 
-def test_many_steps_run_to_the_end():
-    """Above ~211 steps the truncated integer timesteps of the shift-5 grid repeat; every step must still run once
-    (it used to fail after the last step with "All N steps have been taken"). A stand-in DiT keeps this fast."""
+def test_many_steps_run_to_the_end_or_are_refused_up_front():
+    """The shift-5 grid supports 250 steps (above, the first two truncated integer timesteps coincide and the
+    original's step-index rule would skip a step). 250 steps run to the end (it used to fail after the last step
+    with "All N steps have been taken"); 300 are refused before the DiT runs. A stand-in DiT keeps this fast."""
     from _synthetic import SyntheticDiT
     from diffusers_magihuman import MagiHumanPipeline, MagiHumanScheduler
 
     for sampler in ("dmd", "unipc"):
-        pipe = MagiHumanPipeline(transformer=SyntheticDiT(calls_per_step=1), scheduler=MagiHumanScheduler(sampler=sampler))
+        dit = SyntheticDiT(calls_per_step=1)
+        pipe = MagiHumanPipeline(transformer=dit, scheduler=MagiHumanScheduler(sampler=sampler))
         pipe.set_progress_bar_config(disable=True)
+        call = dict(
+            prompt_embeds=torch.randn(1, 4, 16), height=32, width=32, num_frames=1,
+            guidance_scale=1.0, output_type="latent",
+        )  # fmt: skip
+        ran = []
+        hook = dit.register_forward_pre_hook(lambda *a: ran.append(1))
+        with pytest.raises(ValueError, match="250"):
+            pipe(**call, num_inference_steps=300, generator=_gen())
+        hook.remove()
+        assert not ran  # refused before the DiT ran
         seen = []
         out = pipe(
-            prompt_embeds=torch.randn(1, 4, 16), height=32, width=32, num_frames=1, num_inference_steps=300,
-            guidance_scale=1.0, generator=_gen(), output_type="latent",
+            **call, num_inference_steps=250, generator=_gen(),
             callback_on_step_end=lambda p, i, t, kw: seen.append(i) or {},
         )  # fmt: skip
-        assert seen == list(range(300)) and torch.isfinite(out.frames).all()
+        assert seen == list(range(250)) and torch.isfinite(out.frames).all()
 
 
 def test_nan_outputs_are_reported(pipe, captured_warnings):
