@@ -311,8 +311,20 @@ def build_dit(variant: str, device, tiny: bool, pad: int | None, seed: int) -> M
         config = full_transformer_config(variant)
     config["pad_swiglu_to_multiple_of"] = pad
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = MagiHumanTransformer3DModel(**config)
+    # The released layout: block linears bf16, `_keep_in_fp32_modules` fp32 (as `from_pretrained(dtype=bf16)` gives).
+    # Built in bf16 on the device directly, so a 15B model never exists in fp32 (60 GB).
+    dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = MagiHumanTransformer3DModel(**config)
+    finally:
+        torch.set_default_dtype(previous)
+    keep = set(MagiHumanTransformer3DModel._keep_in_fp32_modules)
+    for name, module in model.named_modules():
+        if keep & set(name.split(".")):
+            module.float()
     with torch.no_grad():
         # Fresh RMSNorms are identities; give them small random offsets (the default Linear init is kept).
         for name, p in model.named_parameters():
