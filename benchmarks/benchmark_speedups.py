@@ -209,8 +209,8 @@ class Runner:
         rows = [
             ("default policy", {}),
             ("forced eager", {"MAGIHUMAN_AUTO_COMPILE": "0"}),
-            ("forced compile, cold compile cache", {"MAGIHUMAN_AUTO_COMPILE": "1", "_FRESH_CACHE": "1"}),
-            ("forced compile, warm compile cache", {"MAGIHUMAN_AUTO_COMPILE": "1"}),
+            ("forced compile, cold compile cache", {"MAGIHUMAN_AUTO_COMPILE": "always", "_FRESH_CACHE": "1"}),
+            ("forced compile, warm compile cache", {"MAGIHUMAN_AUTO_COMPILE": "always"}),
         ]
         for name, env_extra in rows:
             env = dict(os.environ)

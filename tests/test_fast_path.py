@@ -76,12 +76,24 @@ def test_auto_compile_only_on_cuda_and_only_once(monkeypatch):
     assert not any(_is_compiled(b) for b in no_triton.transformer.blocks)
 
     monkeypatch.setattr(pipeline_magihuman_base, "_has_triton", lambda: True)
+    limit = torch._dynamo.config.cache_size_limit
     pipe = make_tiny_pipeline(seed=0)
     pipe._maybe_auto_compile(torch.device("cpu"))
     assert not any(_is_compiled(b) for b in pipe.transformer.blocks)
-    pipe._maybe_auto_compile(torch.device("cuda"))  # compilation is lazy: nothing runs on a GPU here
+    # Default policy: the first CUDA call of a process stays eager (a one-shot run pays no compile) ...
+    pipe._maybe_auto_compile(torch.device("cuda"))
+    assert not any(_is_compiled(b) for b in pipe.transformer.blocks)
+    # ... the second compiles (compilation is lazy: nothing runs on a GPU here).
+    pipe._maybe_auto_compile(torch.device("cuda"))
     assert all(_is_compiled(b) for b in pipe.transformer.blocks)
-    pass  # the recompile limit is raised only around the DiT call, never process-wide
+    assert torch._dynamo.config.cache_size_limit == limit  # raised only around the DiT call, never process-wide
+
+    first = make_tiny_pipeline(seed=0)
+    first.enable_auto_compile("always")
+    first._maybe_auto_compile(torch.device("cuda"))
+    assert all(_is_compiled(b) for b in first.transformer.blocks)
+    with pytest.raises(ValueError, match="always"):
+        first.enable_auto_compile("sometimes")
     pipe.transformer._magihuman_compile_checked = False  # asked again: already compiled, so nothing changes
     compiled = [b._compiled_call_impl for b in pipe.transformer.blocks]
     pipe._maybe_auto_compile(torch.device("cuda"))
@@ -111,7 +123,7 @@ def test_compiled_pipeline_compiles_each_layer_kind_once_and_never_again():
     pipe = make_tiny_pipeline(seed=0, distilled=False, with_turbo_vae=False)
     kw = dict(prompt=PROMPT, height=32, width=32, num_frames=5, output_type="latent")
     ref = pipe(**kw, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).frames
-    pipe.enable_auto_compile(True, backend=counting_backend, fullgraph=True)
+    pipe.enable_auto_compile("always", backend=counting_backend, fullgraph=True)
     pipe._maybe_auto_compile(torch.device("cuda"))
     out = pipe(**kw, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).frames
     first = len(graphs)

@@ -236,33 +236,55 @@ class MagiHumanPipelineMixin:
                 apply_group_offloading(module=component, **options)
 
     # ------------------------------------------------------------------ fast path: regional compile on CUDA
-    _auto_compile = True
+    _auto_compile = "auto"
     _auto_compile_kwargs = None
+    _AUTO_COMPILE_MODES = {True: "auto", "auto": "auto", "always": "always", False: "never", "never": "never"}
 
-    def enable_auto_compile(self, enabled: bool = True, **compile_kwargs) -> None:
+    def enable_auto_compile(self, enabled: bool | str = True, **compile_kwargs) -> None:
         r"""
-        Whether the first call on a CUDA GPU compiles the DiT's repeated blocks (on by default; the environment
-        variable `MAGIHUMAN_AUTO_COMPILE=0` turns it off too). This is
-        `transformer.compile_repeated_blocks(fullgraph=True)`: the 40 layers share one compiled graph per layer kind,
-        with no graph breaks and no recompiles across steps. It costs about 20 s once per process and resolution
-        and made one 256p forward 1.5x faster on an H200 (docs/performance.md). Skipped on CPU, without Triton,
-        under sequential CPU offload, and when the blocks are compiled already; group-offloaded layers stay eager.
+        When the pipeline compiles the DiT's repeated blocks on a CUDA GPU
+        (`transformer.compile_repeated_blocks(fullgraph=True)`: one compiled graph per layer kind, no graph breaks,
+        no recompiles across steps; about 1.5x faster forwards once compiled).
+
+        Compiling costs about 20-45 s once per process and resolution, more than a single clip's DiT stage gains
+        (8 eager 256p forwards take about 3 s), so by default (`True` / `"auto"`) the first call of a process runs
+        eagerly and the blocks are compiled at the start of the second call: a one-shot run pays nothing, a
+        process that renders several clips compiles once. `"always"` compiles on the first call (benchmarks, long
+        renders); `False` / `"never"` never compiles. The environment variable `MAGIHUMAN_AUTO_COMPILE` (`0`,
+        `auto`, `always`) does the same for processes you do not control. Skipped on CPU, without Triton, under
+        sequential CPU offload, and when the blocks are compiled already; group-offloaded layers stay eager.
 
         Args:
-            enabled (`bool`, defaults to `True`)
+            enabled (`bool` or `str`, defaults to `True`): `True`/`"auto"`, `"always"` or `False`/`"never"`.
             compile_kwargs: passed to `torch.compile` instead of the default `fullgraph=True`.
         """
-        self._auto_compile = enabled
+        if enabled not in self._AUTO_COMPILE_MODES:
+            raise ValueError(f"`enabled` must be True, False, 'auto', 'always' or 'never', got {enabled!r}.")
+        self._auto_compile = self._AUTO_COMPILE_MODES[enabled]
         self._auto_compile_kwargs = compile_kwargs or None
+
+    def _auto_compile_mode(self) -> str:
+        env = os.environ.get("MAGIHUMAN_AUTO_COMPILE", "").strip().lower()
+        if env in ("0", "false", "no", "never", "off"):
+            return "never"
+        if env in ("always", "first"):
+            return "always"
+        mode = self._AUTO_COMPILE_MODES.get(self._auto_compile, "auto")
+        return mode
 
     def _maybe_auto_compile(self, device: torch.device) -> None:
         transformer = self.transformer
         if transformer is None or getattr(transformer, "_magihuman_compile_checked", False):
             return
-        if not self._auto_compile or os.environ.get("MAGIHUMAN_AUTO_COMPILE", "1").lower() in ("0", "false", "no"):
+        mode = self._auto_compile_mode()
+        if mode == "never":
             return
         if device.type != "cuda" or torch.compiler.is_compiling():
             return
+        calls = getattr(transformer, "_magihuman_cuda_calls", 0) + 1
+        transformer._magihuman_cuda_calls = calls
+        if mode == "auto" and calls < 2:
+            return  # a one-shot run stays eager: compiling would cost more than it saves
         transformer._magihuman_compile_checked = True
         blocks = list(getattr(transformer, "blocks", []))
         if not blocks or not hasattr(transformer, "compile_repeated_blocks"):
@@ -277,8 +299,9 @@ class MagiHumanPipelineMixin:
             logger.warning("Triton is not available: running the DiT eagerly (slower). See docs/performance.md.")
             return
         logger.info(
-            "Compiling the DiT blocks (once per process and resolution, ~20 s). Turn off with "
-            "`pipe.enable_auto_compile(False)` or MAGIHUMAN_AUTO_COMPILE=0."
+            "Compiling the DiT blocks (once per process and resolution, ~20-45 s; this process has called the "
+            "pipeline before, so the compile pays off). Turn off with `pipe.enable_auto_compile(False)` or "
+            "MAGIHUMAN_AUTO_COMPILE=0."
         )
         transformer.compile_repeated_blocks(**compile_kwargs)
 
