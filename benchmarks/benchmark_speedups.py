@@ -72,7 +72,7 @@ def cap_memory(device, cap_gib: float) -> dict:
     total = torch.cuda.get_device_properties(device).total_memory
     info = {"gpu": torch.cuda.get_device_name(device), "gpu_total_gib": round(total / GIB, 1)}
     if total > cap_gib * GIB * 1.02:
-        torch.cuda.set_per_process_memory_fraction(cap_gib * GIB / total, device)
+        torch.cuda.set_per_process_memory_fraction(cap_gib * GIB / total, torch.cuda.current_device())
         info["capped_to_gib"] = cap_gib
     return info
 

@@ -694,9 +694,15 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
         if budget is not None:
             return budget
         if device.type == "cuda" and torch.cuda.is_available():
-            free, _ = torch.cuda.mem_get_info(device)
-            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-            return int(0.9 * (free + cached))
+            free, total = torch.cuda.mem_get_info(device)
+            # Memory the allocator has cached but not handed out is left out: after a long DiT run it is
+            # fragmented into blocks smaller than one decode buffer. A per-process cap
+            # (`torch.cuda.set_per_process_memory_fraction`) bounds what this process may still reserve.
+            get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+            if get_fraction is not None:
+                cap = int(get_fraction(device) * total) - torch.cuda.memory_reserved(device)
+                free = min(free, max(cap, 0))
+            return int(0.9 * free)
         return None
 
     @staticmethod
