@@ -177,7 +177,7 @@ def test_resample_matches_fixture():
     assert out.shape == t["audio_44100"].shape and out.dtype == torch.float32
     # atol 1e-6: upstream's scipy FFT runs the float32 input in single precision, we transform in float64; the
     # single-precision rounding is ~1e-7 of the signal's scale (|x| <= 1.3 here; measured 2.5e-7).
-    check_max_abs("resampled", out, t["audio_44100"], 1e-6)
+    assert check_max_abs("resampled", out, t["audio_44100"], 1e-6)
 
 
 @pytest.mark.parametrize(("n", "num"), [(1001, 862), (1024, 882), (999, 1500), (1000, 1500), (1000, 998), (7, 4)])
@@ -204,10 +204,10 @@ def test_encode_a2v_base_injected_noise_and_generator(tiny_vae):
     # layer) and the bottleneck draw by <= 4 ulp; measured worst 1.7e-6 over 11 CPU configurations (tests/README.md).
     latent = encode_audio(tiny_vae, wave, noise=[t["rng.00"]])
     assert latent.shape == (1, 25, 64)  # floor(51200 / 2048), time-major
-    check_max_abs("latent (injected noise)", latent, t["base.init_audio"], 1e-5)
+    assert check_max_abs("latent (injected noise)", latent, t["base.init_audio"], 1e-5)
     # The bottleneck draw from a CPU generator seeded like upstream's global RNG reproduces rng.00.
     latent = encode_audio(tiny_vae, wave, generator=torch.Generator("cpu").manual_seed(meta["seed"]))
-    check_max_abs("latent (generator)", latent, t["base.init_audio"], 1e-5)
+    assert check_max_abs("latent (generator)", latent, t["base.init_audio"], 1e-5)
 
 
 @pytest.mark.parity
@@ -215,7 +215,7 @@ def test_encode_a2v_distill_from_recipe(tiny_vae):
     meta, t = _fixture("loop_a2v_distill")
     wave = load_audio((_recipe_wave(meta), AUDIO_SAMPLE_RATE), seconds=meta["seconds"])
     latent = encode_audio(tiny_vae, wave, generator=torch.Generator("cpu").manual_seed(meta["seed"]))
-    check_max_abs("latent", latent, t["base.init_audio"], 1e-5)  # fp32, as above
+    assert check_max_abs("latent", latent, t["base.init_audio"], 1e-5)  # fp32, as above
 
 
 def _reference_windowed_encode(vae, wave: np.ndarray, window: int, noises) -> torch.Tensor:
@@ -257,7 +257,7 @@ def test_encode_long_audio_windows(tiny_vae):
     # for a sample hop of 2.5 frames).
     assert latent.shape == (1, 13, 64)
     expected, feats = _reference_windowed_encode(tiny_vae, wave, 10240, noises)
-    check_max_abs("merged", latent, expected, 1e-6)  # same ops; vectorised vs per-frame blend
+    assert check_max_abs("merged", latent, expected, 1e-6)  # same ops; vectorised vs per-frame blend
     # At the window-1 boundary (frames 3, 4) the merge cross-fades window 0 into window 1 with weights 1 and 1/2.
     torch.testing.assert_close(latent[:, 3], feats[0][:, 3], rtol=0, atol=0)
     torch.testing.assert_close(latent[:, 4], 0.5 * feats[0][:, 4] + 0.5 * feats[1][:, 1], rtol=0, atol=1e-7)
@@ -283,7 +283,7 @@ def test_decode_matches_e2e_fixture(tiny_vae):
     assert audio.shape == (1, 2, 45864) and audio.dtype == torch.float32  # 26 * 2048 * 441 / 512
     # atol 1e-6: the Oobleck decode is bit-exact fp32 (the raw 53248 samples fed to scipy reproduce the fixture
     # exactly); what remains is scipy's single-precision FFT vs our float64 one (~1e-7 of |x| <= 0.33).
-    check_max_abs("audio", audio[0].T, t["out.audio_44100"], 1e-6)
+    assert check_max_abs("audio", audio[0].T, t["out.audio_44100"], 1e-6)
 
 
 def test_decode_upcasts_half_precision_vae(tiny_vae):

@@ -59,7 +59,8 @@ def test_repo_id_loads_through_hub_code_path(tmp_path):
 
 def test_converted_folder_with_model_card_loads_by_repo_id(tmp_path):
     """A folder written by the converter, uploaded as it is (model card included), loads by repo id with
-    `DiffusionPipeline.from_pretrained("org/name")` after `import diffusers_magihuman`; the card's metadata is what
+    `DiffusionPipeline.from_pretrained(repo_id)` after `import diffusers_magihuman` (from a Hub cache made on disk
+    here, offline); the card's metadata is what
     the Hub reads."""
     from pathlib import Path
 

@@ -54,7 +54,7 @@ def _common_kwargs(meta, tensors, cfg: bool):
 
 
 def _assert_close(actual, expected, what):
-    check_max_abs(what, actual, expected, ATOL)
+    assert check_max_abs(what, actual, expected, ATOL)
 
 
 def test_t2v_base_loop_matches_original():
@@ -219,7 +219,7 @@ def test_distill_e2e_decoded_frames_and_audio_match_original():
     frames = (out.frames[0] * 255).astype("uint8")  # the original's truncating cast (spec §7.4)
     ref = t["out.video_uint8"].numpy()
     assert frames.shape == ref.shape
-    check_uint8_frames_of_bf16_decode(frames, ref)
+    assert check_uint8_frames_of_bf16_decode(frames, ref)
     audio = torch.from_numpy(out.audio[0]).T  # [S, 2]
     ref_audio = t["out.audio_44100"]
     assert audio.shape == ref_audio.shape

@@ -36,7 +36,7 @@ def _sr_pipe(calls_per_step=1):
 
 
 def _close(a, b, what):
-    check_max_abs(what, a, b, ATOL)
+    assert check_max_abs(what, a, b, ATOL)
 
 
 @pytest.mark.parity
@@ -47,7 +47,7 @@ def test_zero_snr_table_matches_original():
     # sqrt and (q - qT) * (q0 / (q0 - qT)) in float32: a 1-ulp difference in q is scaled by q0 / (q0 - qT) = 1.07,
     # so allow 2.5 ulp(1) = 3e-7 (measured 0 here, 1 ulp on another CPU). A linear-in-beta schedule, a missing
     # zero-terminal-SNR rescale or an off-by-one index moves entries by >= 1e-3.
-    check_max_abs("table", z, t["zero_snr_sigmas"], 2.5 * EPS_FP32)
+    assert check_max_abs("table", z, t["zero_snr_sigmas"], 2.5 * EPS_FP32)
     assert z[220].item() == pytest.approx(0.8389104008674622, abs=2.5 * EPS_FP32)
     assert z[-1].item() == 0.0
 

@@ -135,8 +135,8 @@ def test_base_trajectory(traj):
         x = video_sched.step(_pred_video(x, k), ts, x, return_dict=False)[0]
         orders.append(video_sched.this_order)
         a = audio_sched.step(_pred_audio(a, k), ts, a).prev_sample
-        check_max_abs(f"video step {k}", x, t["base.latent_video"][k], ATOL)
-        check_max_abs(f"audio step {k}", a, t["base.latent_audio"][k], ATOL)
+        assert check_max_abs(f"video step {k}", x, t["base.latent_video"][k], ATOL)
+        assert check_max_abs(f"audio step {k}", a, t["base.latent_audio"][k], ATOL)
     assert orders == meta["cases"]["base"]["predictor_order_per_step"]
     assert video_sched.step_index == 32
 
@@ -150,7 +150,7 @@ def test_base_a2v_trajectory(traj):
     x = t["base_a2v.init_video"].clone()
     for k, ts in enumerate(s.timesteps):
         x = s.step(_pred_video(x, k), ts, x).prev_sample
-        check_max_abs(f"step {k}", x, t["base_a2v.latent_video"][k], ATOL)
+        assert check_max_abs(f"step {k}", x, t["base_a2v.latent_video"][k], ATOL)
 
 
 @pytest.mark.parity
@@ -162,10 +162,10 @@ def test_sr_trajectory(traj):
     x = t["sr.init_video"].clone()
     orders = []
     for k, ts in enumerate(s.timesteps):
-        check_max_abs(f"pred {k}", _pred_video_sr(x, k), t["sr.pred_video"][k], PRED_ATOL)  # the fixture's input, reproduced
+        assert check_max_abs(f"pred {k}", _pred_video_sr(x, k), t["sr.pred_video"][k], PRED_ATOL)  # the fixture's input, reproduced
         x = s.step(_pred_video_sr(x, k), ts, x).prev_sample
         orders.append(s.this_order)
-        check_max_abs(f"step {k}", x, t["sr.latent_video"][k], ATOL)
+        assert check_max_abs(f"step {k}", x, t["sr.latent_video"][k], ATOL)
     assert orders == meta["cases"]["sr"]["predictor_order_per_step"]
 
 
@@ -206,17 +206,17 @@ def test_ti2v_loop_with_pinning_and_cfg():
     x, a, image = t["base.init_video"].clone(), t["base.init_audio"].clone(), t["base.latent_image"]
     for k, ts in enumerate(video_sched.timesteps):
         x[:, :, :1] = image
-        check_max_abs(f"frame0 step {k}", x[:, :, :1], t["base.x_in_video_frame0"][k], ATOL)
+        assert check_max_abs(f"frame0 step {k}", x[:, :, :1], t["base.x_in_video_frame0"][k], ATOL)
         v_c, va_c = dit(x, a, s_cond, k)
         v_u, va_u = dit(x, a, s_uncond, k)
         g = 5.0 if ts > 500 else 2.0
         x = video_sched.step(v_u + g * (v_c - v_u), ts, x).prev_sample
         a = audio_sched.step(va_u + 5.0 * (va_c - va_u), ts, a).prev_sample
-        check_max_abs(f"video step {k}", x, t["base.latent_video"][k], ATOL)
-        check_max_abs(f"audio step {k}", a, t["base.latent_audio"][k], ATOL)
+        assert check_max_abs(f"video step {k}", x, t["base.latent_video"][k], ATOL)
+        assert check_max_abs(f"audio step {k}", a, t["base.latent_audio"][k], ATOL)
     x[:, :, :1] = image
-    check_max_abs("final video", x, t["out.latent_video"], ATOL)
-    check_max_abs("final audio", a, t["out.latent_audio"], ATOL)
+    assert check_max_abs("final video", x, t["out.latent_video"], ATOL)
+    assert check_max_abs("final audio", a, t["out.latent_audio"], ATOL)
 
 
 # --------------------------------------------------------------------------- DMD-2 rule (spec §5.4)
@@ -230,11 +230,11 @@ def test_distill_trajectory_injected_noise(traj):
     x, a = t["distill.init_video"].clone(), t["distill.init_audio"].clone()
     for k, ts in enumerate(video_sched.timesteps):
         v, va = _pred_video(x, k), _pred_audio(a, k)
-        check_max_abs(f"pred {k}", v, t["distill.pred_video"][k], PRED_ATOL)
+        assert check_max_abs(f"pred {k}", v, t["distill.pred_video"][k], PRED_ATOL)
         x = video_sched.step(v, ts, x, noise=t[f"distill.ddim_noise.{2 * k:02d}"]).prev_sample
         a = audio_sched.step(va, ts, a, noise=t[f"distill.ddim_noise.{2 * k + 1:02d}"], return_dict=False)[0]
-        check_max_abs(f"video step {k}", x, t["distill.latent_video"][k], ATOL)
-        check_max_abs(f"audio step {k}", a, t["distill.latent_audio"][k], ATOL)
+        assert check_max_abs(f"video step {k}", x, t["distill.latent_video"][k], ATOL)
+        assert check_max_abs(f"audio step {k}", a, t["distill.latent_audio"][k], ATOL)
 
 
 @pytest.mark.parity
@@ -245,8 +245,8 @@ def test_distill_trajectory_generator_draw_order(traj):
     gen = torch.Generator("cpu").manual_seed(meta["seed"] + meta["cases"]["distill"]["seed_offset"])
     a = torch.randn(t["distill.init_audio"].shape, generator=gen)
     x = torch.randn(t["distill.init_video"].shape, generator=gen)
-    check_max_abs("init audio draw", a, t["distill.init_audio"], DRAW_ATOL)
-    check_max_abs("init video draw", x, t["distill.init_video"], DRAW_ATOL)
+    assert check_max_abs("init audio draw", a, t["distill.init_audio"], DRAW_ATOL)
+    assert check_max_abs("init video draw", x, t["distill.init_video"], DRAW_ATOL)
     video_sched = MagiHumanScheduler(sampler="dmd")
     video_sched.set_timesteps(8)
     audio_sched = copy.deepcopy(video_sched)
@@ -254,8 +254,8 @@ def test_distill_trajectory_generator_draw_order(traj):
         v, va = _pred_video(x, k), _pred_audio(a, k)
         x = video_sched.step(v, ts, x, generator=gen).prev_sample
         a = audio_sched.step(va, ts, a, generator=gen).prev_sample
-        check_max_abs(f"video step {k}", x, t["distill.latent_video"][k], ATOL)
-        check_max_abs(f"audio step {k}", a, t["distill.latent_audio"][k], ATOL)
+        assert check_max_abs(f"video step {k}", x, t["distill.latent_video"][k], ATOL)
+        assert check_max_abs(f"audio step {k}", a, t["distill.latent_audio"][k], ATOL)
     # All 16 draws were consumed: the next draw equals a fresh generator's 19th.
     ref = torch.Generator("cpu").manual_seed(1)
     for shape in [a.shape, x.shape] + [x.shape, a.shape] * 8:

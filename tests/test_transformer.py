@@ -130,7 +130,7 @@ def test_packing_coords_and_rope_match_upstream(name):
     assert torch.equal(coords, inputs["packed.coords_mapping"])
     freqs_cos, freqs_sin = MagiHumanRotaryPosEmbed(config["model_config"]["head_dim"])(coords)
     # sin / cos of the same fp32 angles differ by <= 1 ulp per math library (libm vs vectorised): 2 ulp(1) (measured 0).
-    check_max_abs("rope table", torch.cat([freqs_sin, freqs_cos], dim=-1), outputs["debug.rope"], 2 * 2.0**-23)
+    assert check_max_abs("rope table", torch.cat([freqs_sin, freqs_cos], dim=-1), outputs["debug.rope"], 2 * 2.0**-23)
 
     # Local-attention rule == the union of upstream's (query range, key range) pairs.
     layout = MagiHumanTokenLayout.build([audio_len], [text_len], grid, proxy["frame_receptive_field"], "cpu")

@@ -23,22 +23,12 @@ import torch.nn as nn
 from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
 from diffusers_magihuman import MagiHumanTransformer3DModel
+from diffusers_magihuman.testing_utils import tiny_transformer_config
 
 
-CONFIG = dict(
-    num_layers=3,
-    hidden_size=32,
-    head_dim=8,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    in_channels=4,
-    patch_size=(1, 2, 2),
-    audio_in_channels=8,
-    text_in_channels=12,
-    mm_layers=[0],
-    gelu7_layers=[0],
-    local_attn_layers=[2],
-    frame_receptive_field=1,
+# The package's tiny config with three layers (the last local) and small channel counts.
+CONFIG = tiny_transformer_config(
+    num_layers=3, in_channels=4, audio_in_channels=8, text_in_channels=12, local_attn_layers=[2], frame_receptive_field=1
 )
 
 

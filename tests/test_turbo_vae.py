@@ -109,7 +109,7 @@ def test_decoded_fp32_matches_upstream(name, fixture_tensors, decoded):
     ref = fixture_tensors[name]["decoded_fp32"]
     ours = decoded[name]["fp32"]
     assert ours.shape == ref.shape and ours.dtype == torch.float32
-    check("max abs", max_abs(ours, ref), FP32_DECODE_ATOL)
+    assert check("max abs", max_abs(ours, ref), FP32_DECODE_ATOL)
 
 
 @pytest.mark.parity
@@ -117,7 +117,7 @@ def test_decoded_fp32_matches_upstream(name, fixture_tensors, decoded):
 @pytest.mark.parametrize("name", CASES)
 def test_decoded_fp32_matches_upstream_strict(name, fixture_tensors, decoded):
     # The fixture machine's kernels (here: ONEDNN_MAX_CPU_ISA=AVX2 gives 0 and 1.2e-6).
-    check("max abs", max_abs(decoded[name]["fp32"], fixture_tensors[name]["decoded_fp32"]), 1e-5)
+    assert check("max abs", max_abs(decoded[name]["fp32"], fixture_tensors[name]["decoded_fp32"]), 1e-5)
 
 
 @pytest.mark.parity
@@ -136,8 +136,8 @@ def test_decoded_bf16_matches_upstream_loosely(name, fixture_tensors, decoded):
     # denormalisation) or a wrong layer blows far past this.
     upstream_max = (ref_bf16 - ref_fp32).abs().max().item()
     upstream_mean = (ref_bf16 - ref_fp32).abs().mean().item()
-    check("max abs vs fp32 / upstream's", (ours - ref_fp32).abs().max().item() / upstream_max, 1.5)
-    check("mean abs vs fp32 / upstream's", (ours - ref_fp32).abs().mean().item() / upstream_mean, 1.5)
+    assert check("max abs vs fp32 / upstream's", (ours - ref_fp32).abs().max().item() / upstream_max, 1.5)
+    assert check("mean abs vs fp32 / upstream's", (ours - ref_fp32).abs().mean().item() / upstream_mean, 1.5)
 
 
 @pytest.mark.parity
@@ -156,7 +156,7 @@ def test_uint8_rule_is_truncation(name, fixture_tensors):
 @pytest.mark.parametrize("name", CASES)
 def test_frames_uint8_bf16_path(name, fixture_tensors, decoded):
     t = fixture_tensors[name]
-    check_uint8_frames_of_bf16_decode(_to_uint8_frames(decoded[name]["bf16"]), t["frames_uint8_bf16_path"].numpy())
+    assert check_uint8_frames_of_bf16_decode(_to_uint8_frames(decoded[name]["bf16"]), t["frames_uint8_bf16_path"].numpy())
 
 
 @pytest.mark.parity

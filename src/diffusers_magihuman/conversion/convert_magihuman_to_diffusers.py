@@ -176,6 +176,27 @@ def _decompress_zstd(path: str) -> bytes:
     return result.stdout
 
 
+def _read_shard(path: str, names: list[str] | None, read) -> dict[str, Any]:
+    """`{name: read(handle, name)}` for the listed names (all when None) of one plain safetensors shard; a name the
+    shard lacks, or a damaged file, raises an error naming the file."""
+    out = {}
+    try:
+        with safe_open(path, framework="pt") as handle:
+            keys = set(handle.keys())
+            for name in keys if names is None else names:
+                if name not in keys:
+                    raise CheckpointConversionError(
+                        f"{path} does not contain {name!r}, which the index lists there: the shard and "
+                        "model.safetensors.index.json come from different downloads; download both again."
+                    )
+                out[name] = read(handle, name)
+    except CheckpointConversionError:
+        raise
+    except Exception as e:  # safetensors' SafetensorError (truncated header/data), OSError
+        raise corrupt_file_error(path, e, "checkpoint shard") from None
+    return out
+
+
 def _load_shard(path: str, names: list[str] | None, block_dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     def _cast(name, tensor):
         if block_dtype is not None and name.endswith(_BLOCK_LINEAR_SUFFIXES):
@@ -183,22 +204,7 @@ def _load_shard(path: str, names: list[str] | None, block_dtype: torch.dtype | N
         return tensor
 
     if os.path.exists(path):
-        tensors = {}
-        try:
-            with safe_open(path, framework="pt") as handle:
-                keys = set(handle.keys())
-                for name in keys if names is None else names:
-                    if name not in keys:
-                        raise CheckpointConversionError(
-                            f"{path} does not contain {name!r}, which the index lists there: the shard and "
-                            "model.safetensors.index.json come from different downloads; download both again."
-                        )
-                    tensors[name] = _cast(name, handle.get_tensor(name))
-        except CheckpointConversionError:
-            raise
-        except Exception as e:  # safetensors' SafetensorError (truncated header/data), OSError
-            raise corrupt_file_error(path, e, "checkpoint shard") from None
-        return tensors
+        return _read_shard(path, names, lambda handle, name: _cast(name, handle.get_tensor(name)))
     if os.path.exists(path + ".zst"):
         try:
             loaded = load_safetensors_bytes(_decompress_zstd(path + ".zst"))
@@ -261,21 +267,12 @@ def read_original_shapes(checkpoint_dir: str | os.PathLike) -> dict[str, tuple[t
     for shard, names in shards.items():
         path = os.path.join(checkpoint_dir, shard)
         if os.path.exists(path):
-            try:
-                with safe_open(path, framework="pt") as handle:
-                    keys = set(handle.keys())
-                    for name in keys if names is None else names:
-                        if name not in keys:
-                            raise CheckpointConversionError(
-                                f"{path} does not contain {name!r}, which the index lists there: the shard and "
-                                "model.safetensors.index.json come from different downloads; download both again."
-                            )
-                        sl = handle.get_slice(name)
-                        out[name] = (tuple(sl.get_shape()), str(sl.get_dtype()))
-            except CheckpointConversionError:
-                raise
-            except Exception as e:
-                raise corrupt_file_error(path, e, "checkpoint shard") from None
+
+            def header(handle, name):
+                tensor_slice = handle.get_slice(name)
+                return tuple(tensor_slice.get_shape()), str(tensor_slice.get_dtype())
+
+            out.update(_read_shard(path, names, header))
         else:
             for name, tensor in _load_shard(path, names, None).items():
                 out[name] = (tuple(tensor.shape), str(tensor.dtype).replace("torch.", ""))

@@ -62,6 +62,12 @@ EXAMPLE_DOC_STRING = """
 """
 
 
+
+def _check_condition_batch(name: str, tensor: torch.Tensor, batch_size: int) -> None:
+    """A conditioning latent is shared by every video (batch 1) or given once per video."""
+    if tensor.shape[0] not in (1, batch_size):
+        raise ValueError(f"`{name}` has batch {tensor.shape[0]}; give 1 or one per video ({batch_size}).")
+
 class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLoraLoaderMixin):
     r"""
     daVinci-MagiHuman: one single-stream DiT denoises a video latent and a speech/audio latent together.
@@ -213,10 +219,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
                     f"`image_latents` spatial size {tuple(image_latents.shape[-2:])} does not match height/width "
                     f"{height}x{width} (latent {h}x{w})."
                 )
-            if image_latents.shape[0] not in (1, batch_size):
-                raise ValueError(
-                    f"`image_latents` has batch {image_latents.shape[0]}; give 1 or one per video ({batch_size})."
-                )
+            _check_condition_batch("image_latents", image_latents, batch_size)
         if latents is not None:
             if latents.ndim != 5 or latents.shape[1] != c or tuple(latents.shape[-2:]) != (h, w):
                 raise ValueError(
@@ -233,11 +236,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
                     f"`audio_condition_latents` has {audio_condition_latents.shape[1]} frames; the model makes clips "
                     f"of at most {MAX_SECONDS} s ({max_frames} frames)."
                 )
-            if audio_condition_latents.shape[0] not in (1, batch_size):
-                raise ValueError(
-                    f"`audio_condition_latents` has batch {audio_condition_latents.shape[0]}; give 1 or one per video "
-                    f"({batch_size})."
-                )
+            _check_condition_batch("audio_condition_latents", audio_condition_latents, batch_size)
 
     def _warn_ignored_arguments(self, distilled, do_cfg, negative_prompt, negative_prompt_embeds, extra_cfg_args):
         """Arguments that change nothing in this configuration are reported once, rather than silently dropped."""
