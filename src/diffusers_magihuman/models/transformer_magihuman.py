@@ -640,6 +640,10 @@ class MagiHumanFeedForward(nn.Module):
         pad_to_multiple_of (`int`, *optional*): swiglu7 only.
     """
 
+    # Eager inference activates `up_proj`'s output this many elements at a time when it is larger (see
+    # `_activate_in_chunks`): 2**26 fp32 elements is 256 MiB per temporary.
+    _activation_chunk_elements = 2**26
+
     def __init__(
         self,
         hidden_size: int,
@@ -668,14 +672,37 @@ class MagiHumanFeedForward(nn.Module):
             `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)` in fp32 (bf16-rounded values).
         """
         up_proj, down_proj = experts_of(self, "up_proj"), experts_of(self, "down_proj")
-        hidden_states = apply_per_modality(up_proj, hidden_states, token_layout, apply_linear).float()
+        hidden_states = apply_per_modality(up_proj, hidden_states, token_layout, apply_linear)
+        out_dtype = experts_compute_dtype(self, "down_proj", torch.float32)
+        chunk_rows = max(1, self._activation_chunk_elements // hidden_states.shape[-1])
+        num_rows = hidden_states.numel() // hidden_states.shape[-1]
+        if (
+            num_rows > chunk_rows
+            and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and hidden_states.requires_grad)
+        ):
+            hidden_states = self._activate_in_chunks(hidden_states, out_dtype, chunk_rows)
+        else:
+            hidden_states = self._activate(hidden_states).to(out_dtype)
+        return apply_per_modality(down_proj, hidden_states, token_layout, apply_linear).float()
+
+    def _activate(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # The clamped activation in fp32 (both activations up-cast their inputs first).
         if self.activation == "swiglu7":
             gate, linear = hidden_states.chunk(2, dim=-1)
-            hidden_states = swiglu7(gate, linear)
-        else:
-            hidden_states = gelu7(hidden_states)
-        hidden_states = hidden_states.to(experts_compute_dtype(self, "down_proj", hidden_states.dtype))
-        return apply_per_modality(down_proj, hidden_states, token_layout, apply_linear).float()
+            return swiglu7(gate, linear)
+        return gelu7(hidden_states)
+
+    def _activate_in_chunks(self, hidden_states: torch.Tensor, out_dtype: torch.dtype, chunk_rows: int) -> torch.Tensor:
+        # Eager inference over long sequences (65k tokens at 1080p): the fp32 activation of the whole `up_proj` output
+        # would need several fp32 copies of a (tokens, 2*I) tensor at once (about 7 GiB each at 1080p). Done `chunk_rows`
+        # tokens at a time into the down-projection's input dtype, it needs only one chunk's temporaries. The
+        # activation is element-wise, so the result is bit-identical; compiled graphs fuse it and take the plain path.
+        rows = hidden_states.reshape(-1, hidden_states.shape[-1])
+        out = torch.empty(rows.shape[0], self.intermediate_size, dtype=out_dtype, device=rows.device)
+        for start in range(0, rows.shape[0], chunk_rows):
+            out[start : start + chunk_rows] = self._activate(rows[start : start + chunk_rows])
+        return out.reshape(*hidden_states.shape[:-1], self.intermediate_size)
 
 
 @maybe_allow_in_graph
