@@ -66,17 +66,6 @@ def build_audio_vae(device, tiny: bool):
         return AutoencoderOobleck().eval().requires_grad_(False)
 
 
-def cap_memory(device, cap_gib: float) -> dict:
-    if device.type != "cuda":
-        return {}
-    total = torch.cuda.get_device_properties(device).total_memory
-    info = {"gpu": torch.cuda.get_device_name(device), "gpu_total_gib": round(total / GIB, 1)}
-    if total > cap_gib * GIB * 1.02:
-        torch.cuda.set_per_process_memory_fraction(cap_gib * GIB / total, torch.cuda.current_device())
-        info["capped_to_gib"] = cap_gib
-    return info
-
-
 class Peak:
     """Peak allocated and reserved GPU memory (GiB) over a block."""
 
@@ -107,7 +96,7 @@ class Runner:
         self.device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.meta = {"command": " ".join(sys.argv), "torch": torch.__version__, "seconds": args.seconds}
-        self.meta.update(cap_memory(self.device, args.cap_gib))
+        self.meta.update(bm.cap_memory(self.device, args.cap_gib))
         self.meta["PYTORCH_CUDA_ALLOC_CONF"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
         self.results: list[dict] = []
         self.t0 = time.time()
