@@ -25,6 +25,7 @@ from diffusers.models import AutoencoderKLWan, AutoencoderOobleck
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
+from transformers import GemmaTokenizer, T5GemmaEncoderModel
 
 from ..constants import (
     BASE_NUM_INFERENCE_STEPS,
@@ -85,6 +86,9 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
         text_encoder (`T5GemmaEncoderModel`, *optional*): T5-Gemma 9B encoder (width 3584).
         tokenizer (`GemmaTokenizer`, *optional*): its tokenizer.
         turbo_vae ([`AutoencoderTurboVAED`], *optional*): the distilled fast video decoder; used when present.
+
+    A call that needs a component the pipeline has none of (a prompt without `text_encoder`/`tokenizer`, decoded
+    output without a video decoder or `audio_vae`, `image=` without `vae`) is refused before any model runs.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae->turbo_vae->audio_vae"
@@ -97,8 +101,8 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
         scheduler: MagiHumanScheduler,
         vae: AutoencoderKLWan | None = None,
         audio_vae: AutoencoderOobleck | None = None,
-        text_encoder: Any = None,
-        tokenizer: Any = None,
+        text_encoder: T5GemmaEncoderModel | None = None,
+        tokenizer: GemmaTokenizer | None = None,
         turbo_vae: AutoencoderTurboVAED | None = None,
     ):
         super().__init__()
@@ -488,6 +492,14 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
                 "late_guidance_scale": late_guidance_scale != VIDEO_LATE_GUIDANCE_SCALE,
                 "guidance_switch_timestep": guidance_switch_timestep != VIDEO_GUIDANCE_SWITCH_TIMESTEP,
             },
+        )
+        self._check_components(
+            prompt,
+            negative_prompt_embeds,
+            guidance_scale > 1.0,
+            output_type,
+            decode_with,
+            vae_use="Image conditioning (`image=`)" if image is not None else None,
         )
         is_a2v = audio is not None or audio_condition_latents is not None
         if renoise_driving_audio and not is_a2v:
