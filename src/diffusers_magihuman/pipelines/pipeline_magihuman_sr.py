@@ -89,7 +89,8 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
     full shift-5 schedule. The SR DiT sees `0.7 * noise + 0.3 * base_audio` as its audio input; the audio is never
     stepped and the base audio is returned. Guidance is off by default (the shipped SR configs use one pass).
 
-    Components are those of [`MagiHumanPipeline`]; `transformer` must be an SR checkpoint (coords "v1"; the 1080p one
+    Components are those of [`MagiHumanPipeline`] (`vae`, `audio_vae`, `text_encoder` and `tokenizer` are required
+    arguments, which may be `None` where the call does not need them; `turbo_vae` is optional); `transformer` must be an SR checkpoint (coords "v1"; the 1080p one
     has local attention). Build it from a base pipeline, sharing its other components as they are (no copy, no cast):
     `MagiHumanSRPipeline(**{**base_pipe.components, "transformer": sr_transformer})`. diffusers'
     `MagiHumanSRPipeline.from_pipe(base_pipe, transformer=sr_transformer, torch_dtype=torch.bfloat16)` shares them
@@ -98,17 +99,21 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae->turbo_vae->audio_vae"
-    _optional_components = ["vae", "audio_vae", "text_encoder", "tokenizer", "turbo_vae"]
+    # Only what the default call (a prompt in, decoded video and audio out) does without: with no Turbo-VAE the video
+    # is decoded by the Wan2.2 `vae`. The other components may still be passed as `None` explicitly (e.g.
+    # `from_pretrained(folder, text_encoder=None, tokenizer=None)` to run on `prompt_embeds`); a call that needs one
+    # of them is then refused before any model runs.
+    _optional_components = ["turbo_vae"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
         self,
         transformer: MagiHumanTransformer3DModel,
         scheduler: MagiHumanScheduler,
-        vae: AutoencoderKLWan | None = None,
-        audio_vae: AutoencoderOobleck | None = None,
-        text_encoder: T5GemmaEncoderModel | None = None,
-        tokenizer: GemmaTokenizer | None = None,
+        vae: AutoencoderKLWan | None,
+        audio_vae: AutoencoderOobleck | None,
+        text_encoder: T5GemmaEncoderModel | None,
+        tokenizer: GemmaTokenizer | None,
         turbo_vae: AutoencoderTurboVAED | None = None,
     ):
         super().__init__()
