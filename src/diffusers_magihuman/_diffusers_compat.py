@@ -13,14 +13,20 @@
 # limitations under the License.
 """Every touch of diffusers' loader internals lives here, guarded.
 
-diffusers 0.42 resolves ``model_index.json`` entries only through ``sys.modules`` /
-``diffusers.pipelines`` attributes and looks the pipeline class up as ``getattr(diffusers, name)``. So, on
-``import diffusers_magihuman`` we:
+diffusers 0.42 records a pipeline component in ``model_index.json`` as ``[library, ClassName]``, where the library
+is the first part of the class's module when that library is in its loader table ``LOADABLE_CLASSES``, and the full
+module path otherwise; it looks the pipeline class up as ``getattr(diffusers, name)``. So, on
+``import diffusers_magihuman`` we register our names, and nothing else:
 
-1. expose the package as ``diffusers.pipelines.diffusers_magihuman`` (Hub ``download()`` accepts it),
-2. set our public classes on ``diffusers`` where the name is free (``DiffusionPipeline.from_pretrained``), and
-   our pipelines on ``diffusers.pipelines`` too,
-3. record our components as ``["diffusers_magihuman", "ClassName"]`` instead of a module path.
+1. ``diffusers_magihuman`` joins ``LOADABLE_CLASSES`` (with diffusers' own base classes and their
+   ``save_pretrained`` / ``from_pretrained``), so components are recorded as ``["diffusers_magihuman", "ClassName"]``
+   and ``from_pretrained`` (local folders and Hub repos alike) imports them back from the package;
+2. our public classes are set on ``diffusers`` where the name is free (``DiffusionPipeline.from_pretrained``), our
+   pipelines on ``diffusers.pipelines`` too, and the package as ``diffusers.pipelines.diffusers_magihuman``.
+
+Folders saved before (components recorded under their module path, e.g.
+``"diffusers_magihuman.models.transformer_magihuman"``) still load: diffusers resolves an unknown library through
+``sys.modules``, where that module is once the package is imported.
 """
 
 from __future__ import annotations
@@ -36,28 +42,37 @@ PACKAGE_NAME = "diffusers_magihuman"
 _registered = False
 
 
-def normalize_library_tuple(library_tuple):
-    """``("diffusers_magihuman.models.x", "Cls")`` -> ``("diffusers_magihuman", "Cls")``; others unchanged."""
-    if isinstance(library_tuple, (tuple, list)) and len(library_tuple) == 2:
-        library, class_name = library_tuple
-        if isinstance(library, str) and library.startswith(PACKAGE_NAME + "."):
-            return (PACKAGE_NAME, class_name)
-    return library_tuple
-
-
 def register_with_diffusers() -> None:
-    """Make diffusers' loaders find our classes (idempotent)."""
+    """Make diffusers' loaders find our classes (idempotent). Adds entries to diffusers' tables; changes none."""
     global _registered
     if _registered:
         return
     try:
         import diffusers
         import diffusers.pipelines
+        from diffusers.pipelines import pipeline_loading_utils
     except ImportError:  # pragma: no cover - diffusers is a hard dependency
         return
     pkg = sys.modules.get(PACKAGE_NAME)
     if pkg is None:
         return
+    # 1. Our package as a component library, with the base classes diffusers itself saves/loads through. The
+    #    package re-exports `ModelMixin`, `SchedulerMixin` and `DiffusionPipeline`, which the loader looks up in it.
+    loadable = getattr(pipeline_loading_utils, "LOADABLE_CLASSES", None)
+    if isinstance(loadable, dict) and PACKAGE_NAME not in loadable:
+        own = {
+            base: list(methods)
+            for base, methods in loadable.get("diffusers", {}).items()
+            if base in ("ModelMixin", "SchedulerMixin", "DiffusionPipeline") and hasattr(pkg, base)
+        }
+        loadable[PACKAGE_NAME] = own  # `ALL_IMPORTABLE_CLASSES` already holds these three base classes
+    elif not isinstance(loadable, dict):  # pragma: no cover - diffusers internals moved
+        logger.warning(
+            "This diffusers version has no `LOADABLE_CLASSES` table; our components are recorded under their module "
+            "path in `model_index.json` (they still load after `import diffusers_magihuman`)."
+        )
+    # 2. Public names, and the package itself as `diffusers.pipelines.diffusers_magihuman` (where diffusers looks up
+    #    pipeline folders by name; diffusers versions without our `LOADABLE_CLASSES` entry resolve it there).
     if not hasattr(diffusers.pipelines, PACKAGE_NAME):
         setattr(diffusers.pipelines, PACKAGE_NAME, pkg)
     for name in getattr(pkg, "__all__", []):
