@@ -162,6 +162,8 @@ class MagiHumanTokenLayout:
         permutation, inverse_permutation (`torch.Tensor` or `None`): a stable sort of the flattened `batch*seq` tokens
             by modality and its inverse; `None` when the flattened order is already sorted (always for batch size 1).
         frame_receptive_field (`int`): local-attention half window in latent frames (negative: unlimited).
+        full_layout ([`MagiHumanTokenLayout`], *optional*): set on the layout of one context-parallel rank's shard of
+            the sequence: the layout of the whole sequence, whose attention pattern the attention backends apply.
     """
 
     batch_size: int
@@ -174,11 +176,18 @@ class MagiHumanTokenLayout:
     permutation: torch.Tensor | None = None
     inverse_permutation: torch.Tensor | None = None
     frame_receptive_field: int = -1
+    full_layout: "MagiHumanTokenLayout | None" = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def has_padding(self) -> bool:
         return any(length != self.seq_len for length in self.seq_lens)
+
+    @property
+    def attention_layout(self) -> "MagiHumanTokenLayout":
+        r"""The layout whose attention pattern applies: the whole sequence's (`full_layout`) on a context-parallel
+        shard, else this one."""
+        return self if self.full_layout is None else self.full_layout
 
     def local_attention_allowed(self, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         r"""
