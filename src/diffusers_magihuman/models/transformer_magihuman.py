@@ -64,6 +64,12 @@ from .magihuman_packing import (  # noqa: F401  (re-exported: the public names o
 from .rope_magihuman import MagiHumanRotaryPosEmbed, apply_magihuman_rotary_emb  # noqa: F401
 
 
+try:  # diffusers' context-parallel plan types (private module, as in diffusers' own transformers)
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+except ImportError:  # pragma: no cover - a diffusers without context parallelism
+    ContextParallelInput = ContextParallelOutput = None
+
+
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
 
@@ -850,8 +856,13 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
     Module names: `blocks.{i}.norm1`, `.attn.{to_q, to_k, to_v, to_gate, norm_q, norm_k, to_out.0}`, `.norm2`,
     `.ff.{up_proj, down_proj}`; in modality-expert layers each of these exists once per modality under `video`,
     `audio` and `text` (`blocks.0.video.norm1`, `blocks.0.attn.audio.to_q`, `blocks.0.ff.text.up_proj`). Use
-    `diffusers_magihuman.conversion.convert_magihuman_to_diffusers` to convert the original checkpoints. Context
-    parallelism (`_cp_plan`) is not wired up yet.
+    `diffusers_magihuman.conversion.convert_magihuman_to_diffusers` to convert the original checkpoints.
+
+    Context parallelism: `enable_parallelism(config=ContextParallelConfig(ulysses_degree=N))` (diffusers' own, see
+    `_cp_plan`) splits the packed sequence over `N` ranks. The sequence is right-padded to a multiple of `N` (padding
+    is masked, never attended), each rank routes its shard's tokens to the experts and rotates them with their own RoPE
+    rows, and attention runs on whole sequences per head group after Ulysses' all-to-all, so local windows stay exact.
+    `N` must divide both `num_attention_heads` and `num_key_value_heads`; ring attention is not supported.
 
     Args:
         num_layers (`int`, defaults to 40): number of transformer layers.
@@ -902,6 +913,21 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         "ff_post_norm",
     ]
     _skip_layerwise_casting_patterns = ["embedder", "rope", "norm", r"^proj_out_video$", r"^proj_out_audio$"]
+    # diffusers' context parallelism: the RoPE tables and the packed sequence entering the first block are split along
+    # the sequence axis (the forward pads it to a multiple of the degree and routes each shard with its own token
+    # layout); `context_parallel_gather` (an identity) all-gathers the sequence after the last block.
+    _cp_plan = (
+        {
+            "rope": {
+                0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True),
+                1: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True),
+            },
+            "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
+            "context_parallel_gather": ContextParallelOutput(gather_dim=1, expected_dims=3),
+        }
+        if ContextParallelInput is not None
+        else None
+    )
 
     @register_to_config
     def __init__(
@@ -989,6 +1015,9 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         self.proj_out_video = nn.Linear(hidden_size, patch_volume * out_channels, bias=False)
         self.proj_out_audio = nn.Linear(hidden_size, audio_in_channels, bias=False)
 
+        # Identity; where diffusers' context-parallel hook all-gathers the sequence after the last block (`_cp_plan`).
+        self.context_parallel_gather = nn.Identity()
+
         self.gradient_checkpointing = False
 
     # -- speed --------------------------------------------------------------------------------------------------------
@@ -1074,6 +1103,60 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
             elif kernel == "flex" and device.type == "cuda":
                 for length in lengths:
                     layout.local_block_mask(length, device)
+
+    def _context_parallel_rank(self) -> tuple[int, int]:
+        # (rank, number of ranks) of the context-parallel split of the sequence; (0, 1) without it.
+        config = getattr(self, "_parallel_config", None)
+        cp_config = getattr(config, "context_parallel_config", None)
+        mesh = getattr(cp_config, "_flattened_mesh", None)
+        if mesh is None or mesh.size() == 1:
+            return 0, 1
+        return torch.distributed.get_rank(mesh.get_group()), mesh.size()
+
+    def enable_parallelism(self, *, config, cp_plan=None):
+        r"""
+        [`~ModelMixin.enable_parallelism`] with this model's checks first (a clear error before anything changes).
+        Context parallelism splits the packed text+video+audio sequence over the ranks (Ulysses): with
+        `ContextParallelConfig(ulysses_degree=N)`, `N` must divide `num_attention_heads` and `num_key_value_heads`
+        (every rank attends with whole K/V head groups), there must be a GPU per rank on CUDA hosts, and ring attention
+        is refused (the padding and local-window pattern needs whole sequences per rank).
+
+        Args:
+            config (`ContextParallelConfig` or `ParallelConfig`): as for diffusers.
+            cp_plan (`dict`, *optional*): defaults to `_cp_plan`.
+        """
+        cp_config = config if hasattr(config, "ulysses_degree") else getattr(config, "context_parallel_config", None)
+        if cp_config is not None:
+            self._check_context_parallel_config(cp_config)
+        return super().enable_parallelism(config=config, cp_plan=cp_plan)
+
+    def _check_context_parallel_config(self, cp_config) -> None:
+        heads, kv_heads = self.config.num_attention_heads, self.config.num_key_value_heads
+        ring, ulysses = cp_config.ring_degree or 1, cp_config.ulysses_degree or 1
+        if ring > 1:
+            raise ValueError(
+                f"MagiHumanTransformer3DModel supports Ulysses context parallelism only; got ring_degree={ring}. Use "
+                "`ContextParallelConfig(ulysses_degree=N)`: the padding and local-attention pattern needs every rank "
+                "to hold whole sequences."
+            )
+        if heads % ulysses or kv_heads % ulysses:
+            divisors = [n for n in range(2, kv_heads + 1) if kv_heads % n == 0 and heads % n == 0]
+            raise ValueError(
+                f"`ulysses_degree={ulysses}` must divide the {heads} attention heads and the {kv_heads} key/value heads "
+                f"of this model (each rank attends with whole head groups); use one of {divisors}."
+            )
+        if torch.cuda.is_available():
+            # Ranks on this host (torchrun sets LOCAL_WORLD_SIZE); diffusers would silently put several on one GPU.
+            ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or (
+                torch.distributed.get_world_size() if torch.distributed.is_initialized() else ulysses
+            )
+            gpus = torch.cuda.device_count()
+            if ranks_here > gpus:
+                raise ValueError(
+                    f"Context parallelism over {ranks_here} ranks on this host needs as many GPUs, but only {gpus} are "
+                    f"visible. Launch at most {gpus} processes (`torchrun --nproc-per-node {gpus}`) and use "
+                    f"`ulysses_degree <= {gpus}`."
+                )
 
     def set_attention_backend(self, backend: str) -> None:
         r"""
@@ -1271,8 +1354,14 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         text_idx = self._real_indices(encoder_attention_mask, batch_size, text_len, "encoder_attention_mask")
         audio_lengths = [audio_len] * batch_size if audio_idx is None else [len(i) for i in audio_idx]
         text_lengths = [text_len] * batch_size if text_idx is None else [len(i) for i in text_idx]
+        cp_rank, cp_world_size = self._context_parallel_rank()
         layout = MagiHumanTokenLayout.build(
-            audio_lengths, text_lengths, grid_size, config.frame_receptive_field, device
+            audio_lengths,
+            text_lengths,
+            grid_size,
+            config.frame_receptive_field,
+            device,
+            pad_to_multiple_of=cp_world_size,  # context parallelism splits the sequence evenly: pad, never drop
         )
         self._prepare_local_attention(layout, device)  # built here, read by the (possibly compiled) blocks
 
@@ -1282,7 +1371,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
             "temporal_patch_size": p_t,
             "device": device,
         }
-        if audio_idx is None and text_idx is None:
+        if audio_idx is None and text_idx is None and not layout.has_padding:
             packed = torch.cat([video, audio, text], dim=1)
             coords = get_magihuman_coords(grid_size, audio_len, text_len, **coords_kwargs)
             coords = coords.unsqueeze(0).expand(batch_size, -1, -1)
@@ -1301,7 +1390,10 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
                 )
         rotary_emb = self.rope(coords)
 
-        # 2. Transformer layers on the fp32 residual stream.
+        # 2. Transformer layers on the fp32 residual stream. Under context parallelism the hooks of `_cp_plan` hand the
+        # blocks this rank's shard of `packed` and of the RoPE tables, and the blocks route it with the shard's layout.
+        if cp_world_size > 1:
+            layout = layout.shard(cp_rank, cp_world_size, device)
         hidden = packed
         if torch.is_grad_enabled() and self.gradient_checkpointing:
             for block in self.blocks:
@@ -1309,6 +1401,8 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         else:
             for block in self.blocks:
                 hidden = block(hidden, rotary_emb, layout)
+
+        hidden = self.context_parallel_gather(hidden)
 
         # 3. Output heads (fp32) and unpacking.
         video_out = hidden[:, :num_video].float()
