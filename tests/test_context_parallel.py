@@ -3,7 +3,7 @@
 Each rank runs the tiny DiT once alone and once with `ContextParallelConfig(ulysses_degree=2)`, on a padded batch whose
 packed length (45 real tokens) is odd, so the sequence is padded to split evenly. The model has a modality-expert
 layer (per-token routing must follow each rank's shard) and local-attention layers with a +-1 frame window over 5
-latent frames (the window must stay exact after Ulysses' all-to-all).
+latent frames (the window must stay exact after Ulysses' all-to-all). The second run also compiles the blocks.
 
 Tolerance: on CPU attention runs in fp32 on both paths; the split changes only which rows each GEMM computes and how
 many heads each SDPA call holds, i.e. fp32 blocking / summation order. 1e-5 absolute and relative covers fp32 rounding
@@ -61,12 +61,17 @@ def _worker(rank: int, world_size: int, port: int) -> None:
                 coords_style="v1",
             )
             rows_seen = []
-            model.blocks[1].register_forward_pre_hook(lambda module, args: rows_seen.append(args[0].shape[1]))
+            # Rows entering the blocks (the output of the split point, after diffusers' split hook).
+            model.context_parallel_split.register_forward_hook(lambda module, args, out: rows_seen.append(out.shape[1]))
             with torch.no_grad():
                 alone = model(video, audio, text, encoder_attention_mask=text_mask, return_dict=False)
                 if backend is not None:
                     model.set_attention_backend(backend)
                 model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world_size))
+                if backend is not None:
+                    # The blocks compile without a graph break (fullgraph raises on any): no CP hook sits on a block,
+                    # and the Ulysses all-to-all + MagiHuman backend trace.
+                    model.compile_repeated_blocks(backend="eager", fullgraph=True)
                 split = model(video, audio, text, encoder_attention_mask=text_mask, return_dict=False)
             # Alone the blocks see the padded batch's 45 rows; split, this rank's half of 46 (padded to split evenly).
             assert rows_seen == [45, 23], rows_seen

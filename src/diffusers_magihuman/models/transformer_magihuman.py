@@ -913,16 +913,17 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         "ff_post_norm",
     ]
     _skip_layerwise_casting_patterns = ["embedder", "rope", "norm", r"^proj_out_video$", r"^proj_out_audio$"]
-    # diffusers' context parallelism: the RoPE tables and the packed sequence entering the first block are split along
-    # the sequence axis (the forward pads it to a multiple of the degree and routes each shard with its own token
-    # layout); `context_parallel_gather` (an identity) all-gathers the sequence after the last block.
+    # diffusers' context parallelism: the RoPE tables and the packed sequence are split along the sequence axis before
+    # the blocks (the forward pads it to a multiple of the degree and routes each shard with its own token layout), and
+    # all-gathered after them. The split and gather points are two identities outside the blocks, so the hooks never
+    # sit on a (compiled) block.
     _cp_plan = (
         {
             "rope": {
                 0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True),
                 1: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True),
             },
-            "blocks.0": {"hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False)},
+            "context_parallel_split": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
             "context_parallel_gather": ContextParallelOutput(gather_dim=1, expected_dims=3),
         }
         if ContextParallelInput is not None
@@ -1015,7 +1016,9 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         self.proj_out_video = nn.Linear(hidden_size, patch_volume * out_channels, bias=False)
         self.proj_out_audio = nn.Linear(hidden_size, audio_in_channels, bias=False)
 
-        # Identity; where diffusers' context-parallel hook all-gathers the sequence after the last block (`_cp_plan`).
+        # Identities: where diffusers' context-parallel hooks split the packed sequence before the blocks and gather it
+        # after them (`_cp_plan`).
+        self.context_parallel_split = nn.Identity()
         self.context_parallel_gather = nn.Identity()
 
         self.gradient_checkpointing = False
@@ -1394,7 +1397,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         # blocks this rank's shard of `packed` and of the RoPE tables, and the blocks route it with the shard's layout.
         if cp_world_size > 1:
             layout = layout.shard(cp_rank, cp_world_size, device)
-        hidden = packed
+        hidden = self.context_parallel_split(packed)
         if torch.is_grad_enabled() and self.gradient_checkpointing:
             for block in self.blocks:
                 hidden = self._gradient_checkpointing_func(block, hidden, rotary_emb, layout)
