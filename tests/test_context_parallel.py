@@ -77,6 +77,20 @@ def _worker(rank: int, world_size: int, port: int) -> None:
             assert rows_seen == [45, 23], rows_seen
             torch.testing.assert_close(split[0], alone[0], **FP32_ORDER)
             torch.testing.assert_close(split[1], alone[1], **FP32_ORDER)
+        # A whole pipeline through the helper the CLI should call: the same latents as one process.
+        from diffusers_magihuman.testing_utils import make_tiny_pipeline
+        from diffusers_magihuman.utils.distributed import enable_context_parallel, is_main_process
+
+        pipe = make_tiny_pipeline()
+        kwargs = dict(prompt="a person talks", height=32, width=48, num_frames=5, num_inference_steps=2)
+        kwargs.update(output_type="latent")
+        alone = pipe(**kwargs, generator=torch.Generator().manual_seed(0))
+        assert enable_context_parallel(pipe) == torch.device("cpu")
+        assert pipe.transformer._context_parallel_rank() == (rank, world_size)
+        split = pipe(**kwargs, generator=torch.Generator().manual_seed(0))
+        assert is_main_process() == (rank == 0)
+        torch.testing.assert_close(split.frames, alone.frames, **FP32_ORDER)
+        torch.testing.assert_close(split.audio, alone.audio, **FP32_ORDER)
     finally:
         dist.destroy_process_group()
 
@@ -108,6 +122,22 @@ def test_layout_shards_route_every_token_once():
     assert total == layout.group_sizes
     with pytest.raises(ValueError, match="does not split evenly"):
         layout.shard(0, 5)
+
+
+def test_helper_refuses_bad_degrees_before_joining_a_process_group(monkeypatch):
+    from diffusers_magihuman.testing_utils import make_tiny_transformer
+    from diffusers_magihuman.utils.distributed import enable_context_parallel
+
+    model = make_tiny_transformer()
+    monkeypatch.delenv("RANK", raising=False)
+    assert enable_context_parallel(model, degree=1) == torch.device("cpu")  # nothing to split, no process group
+    with pytest.raises(ValueError, match="ulysses_degree=3"):
+        enable_context_parallel(model, degree=3)
+    with pytest.raises(RuntimeError, match="torchrun --nproc-per-node"):
+        enable_context_parallel(model, degree=2)
+    with pytest.raises(TypeError, match="MagiHuman pipeline"):
+        enable_context_parallel(object())
+    assert model._parallel_config is None and not dist.is_initialized()
 
 
 def test_bad_degrees_are_refused_before_anything_changes(monkeypatch):
