@@ -313,8 +313,6 @@ def _magihuman_attention(
     if _parallel_config is None:
         return _attend(query, key, value, attn_mask, scale, backend)
 
-    from diffusers.models.attention_dispatch import _templated_context_parallel_attention
-
     cp_config = _parallel_config.context_parallel_config
     if cp_config.ring_degree > 1:
         raise ValueError(
@@ -322,8 +320,22 @@ def _magihuman_attention(
             f"(`ContextParallelConfig(ulysses_degree=N)`), not ring attention (ring_degree={cp_config.ring_degree}): "
             "its padding and local-window pattern needs each rank to hold whole sequences."
         )
-    if key.shape[2] != query.shape[2]:
-        raise ValueError("Under context parallelism, K/V must have as many heads as the query (repeat them first).")
+    degree = cp_config.ulysses_degree
+    heads, kv_heads = query.shape[2], key.shape[2]
+    if heads % degree or kv_heads % degree:
+        raise ValueError(
+            f"Ulysses over {degree} ranks needs the query heads ({heads}) and key/value heads ({kv_heads}) divisible "
+            "by it."
+        )
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in (query, key, value))):
+        return _ulysses_inference(query, key, value, attn_mask, scale, backend, cp_config)
+
+    # With gradients: diffusers' Ulysses autograd function, which splits q and k/v by the same head count.
+    from diffusers.models.attention_dispatch import _templated_context_parallel_attention
+
+    if kv_heads != heads:
+        key = key.repeat_interleave(heads // kv_heads, dim=2)
+        value = value.repeat_interleave(heads // kv_heads, dim=2)
     forward_op = functools.partial(_context_parallel_forward_op, mask=attn_mask, backend=backend)
     return _templated_context_parallel_attention(
         query,
@@ -339,6 +351,20 @@ def _magihuman_attention(
         backward_op=_context_parallel_backward_op,
         _parallel_config=_parallel_config,
     )
+
+
+def _ulysses_inference(query, key, value, mask, scale, backend: str, cp_config) -> torch.Tensor:
+    # Ulysses with grouped K/V heads, using diffusers' all-to-all: each rank gathers the whole sequence for a
+    # contiguous slice of the query heads and the matching slice of the K/V heads (rank r: query heads r*H/N ..
+    # (r+1)*H/N - 1 use K/V heads r*Hkv/N .. (r+1)*Hkv/N - 1 under the mapping h -> h // (H/Hkv)), attends under the
+    # full pattern, and sends the result back. K/V travel with their own head count, not repeated to the query's
+    # (5x less K/V traffic for the 40/8 heads of the released model).
+    from diffusers.models.attention_dispatch import _all_to_all_dim_exchange
+
+    group = cp_config._ulysses_mesh.get_group()
+    query, key, value = (_all_to_all_dim_exchange(x.contiguous(), 2, 1, group) for x in (query, key, value))
+    out = _attend(query, key, value, mask, scale, backend)
+    return _all_to_all_dim_exchange(out.contiguous(), 1, 2, group)
 
 
 def magihuman_flash_4_attention(

@@ -541,10 +541,10 @@ class MagiHumanAttnProcessor:
         heads, kv_heads = query.shape[2], key.shape[2]
         ours = backend in MAGIHUMAN_ATTENTION_BACKENDS
         enable_gqa = False
-        if kv_heads != heads:
+        if kv_heads != heads and not ours:  # ours take grouped K/V heads, also under context parallelism
             if self._parallel_config is None and backend in _GQA_FLAG_BACKENDS:
                 enable_gqa = True
-            elif self._parallel_config is not None or not (ours or backend in _GQA_NATIVE_BACKENDS):
+            elif self._parallel_config is not None or backend not in _GQA_NATIVE_BACKENDS:
                 # Query head h uses kv head h // group (flash-attn convention), hence repeat_interleave. Under context
                 # parallelism diffusers' all-to-all splits q and k/v by the same head count.
                 key = key.repeat_interleave(heads // kv_heads, dim=2)
