@@ -63,8 +63,12 @@ def _worker(rank: int, world_size: int, port: int) -> None:
             rows_seen = []
             # Rows entering the blocks (the output of the split point, after diffusers' split hook).
             model.context_parallel_split.register_forward_hook(lambda module, args, out: rows_seen.append(out.shape[1]))
+            # One unpadded sample of even length (20 + 16 + 10 = 46 tokens): the global layer's attention needs no
+            # pattern, so with the default backend it runs on diffusers' own Ulysses path (`native`, K/V repeated).
+            even = (video[:1], audio[:1], torch.cat([text[:1], text[:1, :1]], dim=1))
             with torch.no_grad():
                 alone = model(video, audio, text, encoder_attention_mask=text_mask, return_dict=False)
+                alone_even = model(*even, return_dict=False)
                 if backend is not None:
                     model.set_attention_backend(backend)
                 model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world_size))
@@ -73,8 +77,11 @@ def _worker(rank: int, world_size: int, port: int) -> None:
                     # and the Ulysses all-to-all + MagiHuman backend trace.
                     model.compile_repeated_blocks(backend="eager", fullgraph=True)
                 split = model(video, audio, text, encoder_attention_mask=text_mask, return_dict=False)
+                split_even = model(*even, return_dict=False)
             # Alone the blocks see the padded batch's 45 rows; split, this rank's half of 46 (padded to split evenly).
-            assert rows_seen == [45, 23], rows_seen
+            assert rows_seen == [45, 46, 23, 23], rows_seen
+            torch.testing.assert_close(split_even[0], alone_even[0], **FP32_ORDER)
+            torch.testing.assert_close(split_even[1], alone_even[1], **FP32_ORDER)
             torch.testing.assert_close(split[0], alone[0], **FP32_ORDER)
             torch.testing.assert_close(split[1], alone[1], **FP32_ORDER)
         # A whole pipeline through the helper the CLI should call: the same latents as one process.

@@ -483,11 +483,13 @@ class MagiHumanAttnProcessor:
             out = self._dispatch(query, key, value, MAGIHUMAN_FLASH_4, attn_mask=pattern)
         elif kernel == "flex" and backend != "flex":
             out = self._dispatch(query, key, value, MAGIHUMAN_LOCAL_FLEX, attn_mask=pattern)
+        elif pattern.is_trivial():
+            out = self._dispatch(query, key, value, backend)  # plain attention (diffusers' Ulysses under CP)
         else:
             if self._parallel_config is not None:
                 raise ValueError(
-                    f"`local_attn_kernel={self.local_attn_kernel!r}` with the `{backend}` backend does not run under "
-                    "context parallelism; use `local_attn_kernel='auto'`."
+                    f"`local_attn_kernel={self.local_attn_kernel!r}` runs one `{backend}` call per sample and query "
+                    "frame, which cannot see whole sequences under context parallelism; use `local_attn_kernel='auto'`."
                 )
             out = self._per_sample(query, key, value, pattern, self._stock_sample(backend, kernel))
         return out.to(dtype)
