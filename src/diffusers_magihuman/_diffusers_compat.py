@@ -115,3 +115,117 @@ def register_local_flash_attention_4() -> bool:
         return False
     entry.kernel_fn = flash_attn_func
     return True
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Attention backends and cache blocks: the only writes into diffusers' private registries
+# ---------------------------------------------------------------------------------------------------------------------
+
+_extensions_registered = False
+
+
+def _add_backend_name(enum_cls, value: str):
+    # diffusers' `set_attention_backend` / `attention_backend` / `dispatch_attention_fn` accept only members of its
+    # `AttentionBackendName` (a `str` Enum), so a new backend needs a member. Enums cannot be extended by subclassing;
+    # this adds one the way the `Enum` machinery stores its own (name map, value map, ordered names, attribute).
+    member = enum_cls._value2member_map_.get(value)
+    if member is not None:
+        return member
+    name = value.upper()
+    member = str.__new__(enum_cls, value)
+    member._name_ = name
+    member._value_ = value
+    member._sort_order_ = len(enum_cls._member_names_)
+    member.__init__(value)
+    setattr(enum_cls, name, member)  # before the member map: `EnumType.__setattr__` refuses to rebind members
+    enum_cls._member_map_[name] = member
+    enum_cls._value2member_map_[value] = member
+    enum_cls._member_names_.append(name)
+    return member
+
+
+def _register_attention_backends() -> None:
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    from .models import attention_magihuman
+
+    for name, function in attention_magihuman.MAGIHUMAN_BACKEND_FUNCTIONS.items():
+        member = _add_backend_name(AttentionBackendName, name)
+        if _AttentionBackendRegistry._backends.get(member) is not function:
+            _AttentionBackendRegistry.register(member, constraints=[], supports_context_parallel=True)(function)
+        attention_magihuman._BACKEND_MEMBERS[name] = member
+
+
+def _register_block_with_diffusers_caches() -> None:
+    # Block-level caches (FirstBlockCache, MagCache, ...) look blocks up in diffusers' private registry.
+    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+    from .models.transformer_magihuman import MagiHumanTransformerBlock
+
+    metadata = TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None)
+    registry = getattr(TransformerBlockRegistry, "_registry", None)
+    if isinstance(registry, dict):
+        # Insert directly: `register()` would first import and register every diffusers transformer (slow import).
+        metadata._cls = MagiHumanTransformerBlock
+        registry[MagiHumanTransformerBlock] = metadata
+    else:
+        TransformerBlockRegistry.register(model_class=MagiHumanTransformerBlock, metadata=metadata)
+
+
+def _point_flash_4_hub_at_local_fa4() -> bool:
+    from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
+
+    from .models.attention_flash4 import _flash_attn_cute
+
+    module = _flash_attn_cute()
+    entry = _HUB_KERNELS_REGISTRY.get(AttentionBackendName.FLASH_4_HUB)
+    if module is None or entry is None or not hasattr(entry, "kernel_fn"):
+        return False
+    entry.kernel_fn = module.flash_attn_func
+    return True
+
+
+def register_magihuman_extensions(flash_4_hub_uses_local_fa4: bool = False) -> bool:
+    r"""
+    Registers this package's extensions in diffusers' private registries; called once at `import diffusers_magihuman`
+    and idempotent. It is the only function that writes into them:
+
+    1. the attention backends `magihuman_flash_4`, `magihuman_local_flex` and `magihuman_sdpa` (members of
+       `AttentionBackendName`, entries of the attention-backend registry, all marked as supporting context
+       parallelism), so `model.set_attention_backend(name)` and `diffusers.attention_backend(name)` select them;
+    2. `MagiHumanTransformerBlock` in the transformer-block registry of the block-level step caches (FirstBlockCache,
+       MagCache, ...).
+
+    diffusers' active attention backend is left as it is. Each part is guarded: a diffusers without these internals
+    logs a warning and the package still imports (the processor then calls our backend functions directly).
+
+    Args:
+        flash_4_hub_uses_local_fa4 (`bool`, defaults to `False`):
+            Opt-in, not done at import: point diffusers' own `flash_4_hub` backend at a locally installed
+            FlashAttention-4 (`flash_attn.cute`) instead of a Hub download (eager only). `magihuman_flash_4` needs no
+            such change.
+
+    Returns:
+        `bool`: whether everything asked for was registered.
+    """
+    global _extensions_registered
+    ok = True
+    if not _extensions_registered:
+        for part in (_register_attention_backends, _register_block_with_diffusers_caches):
+            try:
+                part()
+            except Exception as error:  # private API: never break the import over it
+                ok = False
+                logger.warning(
+                    f"diffusers_magihuman could not register with this diffusers version ({part.__name__}: {error}); "
+                    "the MagiHuman attention backends cannot be selected by name and/or block caches may not find "
+                    "the model's blocks."
+                )
+        _extensions_registered = ok
+    if flash_4_hub_uses_local_fa4:
+        try:
+            ok = _point_flash_4_hub_at_local_fa4() and ok
+        except Exception as error:  # pragma: no cover - diffusers internals moved
+            logger.warning(f"Could not point `flash_4_hub` at the local FlashAttention-4: {error}")
+            ok = False
+    return ok
