@@ -153,6 +153,46 @@ def test_to_dtype_warns_about_the_fp32_modules(caplog):
     assert "should be kept in float32" in caplog.text and "from_pretrained" in caplog.text
 
 
+def test_keep_in_fp32_modules_declared_as_a_string(tmp_path, monkeypatch):
+    """`from_pretrained` also accepts `_keep_in_fp32_modules` as a bare string (ModelTesterMixin)."""
+    make_model().save_pretrained(tmp_path)
+    monkeypatch.setattr(MagiHumanTransformer3DModel, "_keep_in_fp32_modules", "video_embedder")
+    loaded = MagiHumanTransformer3DModel.from_pretrained(tmp_path, torch_dtype=torch.float16)
+    for name, param in loaded.named_parameters():
+        expected = torch.float32 if "video_embedder" in name.split(".") else torch.float16
+        assert param.dtype == expected, name
+
+
+def test_layerwise_casting_keeps_every_fp32_module():
+    model = make_model()
+    model.enable_layerwise_casting(storage_dtype=torch.float16, compute_dtype=torch.float32)
+    fp32_modules = MagiHumanTransformer3DModel._keep_in_fp32_modules
+    for name, param in model.named_parameters():
+        if any(m in name.split(".") for m in fp32_modules):
+            assert param.dtype == torch.float32, name
+    assert any(p.dtype == torch.float16 for p in model.parameters())  # something was cast
+    assert torch.isfinite(run(model).sample).all()
+
+
+@pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
+@pytest.mark.parametrize("to_disk", [False, True], ids=["memory", "disk"])
+def test_group_offloading_on_cpu_gives_the_same_numbers(tmp_path, offload_type, to_disk):
+    """MemoryTesterMixin's group offloading (accelerator-gated there) with CPU as the onload device: the hooks move
+    nothing between devices, so the output must be bit-identical."""
+    ref = run(make_model()).sample
+    model = make_model()
+    kwargs = {"num_blocks_per_group": 1} if offload_type == "block_level" else {}
+    if to_disk:
+        kwargs["offload_to_disk_path"] = str(tmp_path)
+    model.enable_group_offload(
+        onload_device=torch.device("cpu"), offload_device=torch.device("cpu"), offload_type=offload_type,
+        use_stream=False, **kwargs,
+    )  # fmt: skip
+    assert torch.equal(run(model).sample, ref)
+    if to_disk:
+        assert any(tmp_path.glob("*.safetensors"))  # the groups really went through files
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Forward conventions
 # ---------------------------------------------------------------------------------------------------------------------
