@@ -252,8 +252,9 @@ def test_attention_backend_context_manager_matches_set_attention_backend_and_res
     assert torch.equal(run(model).sample, in_context)
     model.set_attention_backend("native")
     assert {p._attention_backend.value for p in model.attn_processors.values()} == {"native"}
-    # Both backends compute the same softmax attention in fp32/bf16; only kernel summation order differs.
-    assert rel_l2(run(model).sample, in_context) < 1e-2
+    # The same fp32 softmax attention through two kernels: only the summation order differs (measured 1.8e-7
+    # relative); 1e-5 leaves room for other CPUs' vector widths.
+    assert rel_l2(run(model).sample, in_context) < 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------------------------
