@@ -100,7 +100,7 @@ def _fused_norm_act_pad(x: torch.Tensor, eps: float, activation: str | None, pad
 
     The reference path materialises `x.float()`, its square, the float32 product and its bf16 cast, the activation
     and the padded copy (about 8 passes over float32/bf16 copies of `x`). Here: one float32 reduction that reads `x`
-    once (`vector_norm` upcasts inside the kernel), one multiply that computes in float32 and rounds straight into
+    once (`vector_norm` with `dtype=float32` accumulates in float32), one multiply that computes in float32 and rounds straight into
     the padded output buffer, one in-place activation and a copy of the `pad` edge frames.
 
     The product and its rounding are the reference's (`mul` promotes to float32, the `out=` cast rounds to the
@@ -299,7 +299,7 @@ class TurboVAEDResnetBlock3d(nn.Module):
 
 class TurboVAEDUpsample2x(nn.Module):
     r"""Nearest-exact 2× spatial upsampling of `[N, C, H, W]`, computed in float32 and cast back (upstream
-    `WanUpsample`)."""
+    `WanUpsample`); the fused path skips the float32 round trip, which cannot change a copied value."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -746,6 +746,10 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
     ) -> None:
         r"""Choose how `decode` computes. Every option but `window_frames` gives the same video up to rounding noise.
 
+        Options not given return to their defaults. For example `vae.set_decode_options(cudnn_benchmark=True)` for
+        many decodes in one process, or `vae.set_decode_options(channels_last=False, fused=False)` for the reference
+        path (the original's operations, eager) on a GPU.
+
         Args:
             channels_last (`bool`, *optional*): Run the decoder in channels-last layout (NDHWC / NHWC), where cuDNN's
                 bf16 convolutions are fastest. `None` (default): on when decoding on a CUDA device.
@@ -765,8 +769,9 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
             window_frames (`int` or `"auto"`, *optional*): Latent frames per temporal window instead of the config's
                 `first_chunk_size` / `step_size`. Larger windows decode fewer context frames twice (the default
                 7-frame windows decode 9 frames to keep 7), but frames near the window seams change (each window sees
-                different context), so this is **not** the reference result. `"auto"`: the largest window (up to the
-                whole clip) whose estimated working set fits the decode memory budget.
+                different context), so this is **not** the reference result. `"auto"`: among the windows (up to the
+                whole clip) whose estimated working set fits the decode memory budget, the one that decodes the fewest
+                latent frames in total (padding and context included), the larger on a tie.
         """
         if window_frames is not None and window_frames != "auto":
             if isinstance(window_frames, bool) or not isinstance(window_frames, int) or window_frames < 1:
@@ -782,9 +787,16 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
             window_frames=window_frames,
         )
 
+    @property
+    def _options(self) -> dict:
+        # also for a model unpickled from before the options existed
+        return getattr(self, "_decode_options", None) or dict(
+            channels_last=None, fused=None, cudnn_benchmark=False, compile_decoder=False, window_frames=None
+        )
+
     def _resolve_decode_options(self, device: torch.device) -> dict:
         """The options with `None` (auto) resolved for `device`, applied to the decoder's modules."""
-        options = dict(self._decode_options)
+        options = dict(self._options)
         on_cuda = device.type == "cuda"
         if options["channels_last"] is None:
             options["channels_last"] = on_cuda
@@ -813,7 +825,7 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
             torch.backends.cudnn.benchmark = previous
 
     def _run_decoder(self, z: torch.Tensor, is_first_chunk: bool) -> torch.Tensor:
-        if not self._decode_options["compile_decoder"]:
+        if not self._options["compile_decoder"]:
             return self.decoder(z, is_first_chunk=is_first_chunk)
         compiled = self._compiled_decoders.get("decoder")
         if compiled is None:
@@ -998,9 +1010,13 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
         The largest activation (channels x frames x pixels at some stage of the decoder) times 28 bytes per element
         for a bf16 model: input, padded copy and output of a convolution in the model dtype, plus the float32
         temporaries of the RMS norm. The factor is calibrated on the measured whole-window 1080p decode (35.6 GB
-        for a 1.2e9-element last stage, bf16); float32 models count twice the model-dtype part. The fused path
-        (`set_decode_options(fused=True)`) keeps no float32 copies: about the input, one padded buffer and one
-        convolution output in the model dtype, plus a margin for the convolution workspace.
+        for a 1.2e9-element last stage, bf16); float32 models count twice the model-dtype part. The largest activation
+        of a 9-frame 1080p window is in fact the 2.4e9-element 128-channel stage, so the estimate (63 GiB) is about
+        twice what that window holds: the tensors alive at once peak at 13 bytes per element (29 GiB), counted on the
+        meta device (tests/test_turbo_vae_speed_options.py). The fused path (`set_decode_options(fused=True)`) keeps
+        no float32 copies: about the input, one padded buffer and one convolution output in the model dtype, 7.1
+        bytes per element counted the same way (16 GiB); it is estimated at 4 x the dtype size + 2 bytes (10 for
+        bf16), a margin for the convolution workspace and the allocator's rounding.
         """
         dec = self.decoder
         elem = torch.finfo(self.dtype).bits // 8 if self.dtype.is_floating_point else 4
@@ -1095,7 +1111,7 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
 
     def _window_sizes(self, z: torch.Tensor) -> tuple[int, int]:
         """(first window, step) in latent frames: the config's, or the `window_frames` decode option."""
-        window = self._decode_options["window_frames"]
+        window = self._options["window_frames"]
         if window is None:
             return self.config.first_chunk_size, self.config.step_size
         if window != "auto":
