@@ -175,7 +175,12 @@ class Runner:
         height, width = z.shape[3], z.shape[4]
         need = vae._estimate_window_bytes(frames, height, width)
         budget = vae._memory_budget(z.device)
-        info = {"window_frames": [first, step], "estimate_gib": round(need / GIB, 2)}
+        info = {
+            "window_frames": [first, step],
+            "largest_window_frames": frames,
+            "largest_activation_elements": vae._largest_activation(frames, height, width),
+            "estimate_gib": round(need / GIB, 2),
+        }
         if budget is not None:
             info["budget_gib"] = round(budget / GIB, 2)
             info["tiles"] = list(vae._plan_tiles(frames, height, width, budget)) if need > budget else [1, 1]
@@ -201,7 +206,8 @@ class Runner:
             if self.device.type == "cuda":
                 self.sync()
                 torch.cuda.reset_peak_memory_stats(self.device)
-                row["allocated_before_gib"] = round(torch.cuda.memory_allocated(self.device) / GIB, 2)
+                before_bytes = torch.cuda.memory_allocated(self.device)
+                row["allocated_before_gib"] = round(before_bytes / GIB, 2)
             with torch.inference_mode():
                 t = time.perf_counter()
                 video = self.vae.decode(z, return_dict=False)[0]
@@ -223,6 +229,13 @@ class Runner:
                 row["peak_allocated_gib"] = round(torch.cuda.max_memory_allocated(self.device) / GIB, 2)
                 row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(self.device) / GIB, 2)
                 row["decode_working_set_gib"] = round(row["peak_allocated_gib"] - row["allocated_before_gib"], 2)
+                # the estimate's calibration: working set (less the decoded video) per element of the largest
+                # activation; the budget logic assumes 28 (reference) or 10 (fused) bytes for bf16
+                video_bytes = video.numel() * video.element_size()
+                working = torch.cuda.max_memory_allocated(self.device) - before_bytes
+                row["working_set_bytes_per_element"] = round(
+                    (working - video_bytes) / row["largest_activation_elements"], 2
+                )
             row["same_frames_as_reference_expected"] = exact
             del resident  # free before comparing
             resident = None

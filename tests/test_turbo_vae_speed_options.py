@@ -368,3 +368,37 @@ def test_window_estimate_covers_the_live_tensors(fused):
         vae.set_decode_options(fused=False)
         vae._resolve_decode_options(torch.device("cuda"))
         assert vae._estimate_window_bytes(9, 4, 6) > 2 * estimate
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", CASES)
+def test_cuda_default_path_is_fast_and_gives_the_reference_frames(name, cases):
+    # On CUDA the default (auto) is channels-last + fused; real cuDNN must keep the layout (no emulation hooks here)
+    # and the frames must pass the uint8 rule against the reference path and the original's bf16 frames.
+    model = load_turbo_vae_original(*_paths(name)).to("cuda", torch.bfloat16).requires_grad_(False)
+    latent = cases[name]["latent"].to("cuda")
+    layouts = []
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    handles = [
+        m.register_forward_pre_hook(lambda m, a: layouts.append(a[0].is_contiguous(memory_format=_layout(a[0]))))
+        for m in convs
+    ]
+    with torch.no_grad():
+        fast = model.decode(latent).sample
+        for handle in handles:
+            handle.remove()
+        assert model.decoder.fused and model.decoder.channels_last
+        model.set_decode_options(channels_last=False, fused=False)
+        reference = model.decode(latent).sample
+    assert layouts
+    if name == "turbo_vae_real_structure":  # the release structure; PyTorch's depthwise 3D kernel (alt) is NCDHW
+        assert all(layouts)
+    fast, reference = fast.cpu(), reference.cpu()
+    assert check_uint8_frames_of_bf16_decode(_to_uint8_frames(fast), _to_uint8_frames(reference))
+    assert check_uint8_frames_of_bf16_decode(
+        _to_uint8_frames(fast), cases[name]["upstream"]["frames_uint8_bf16_path"].numpy()
+    )

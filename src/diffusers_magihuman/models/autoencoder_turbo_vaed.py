@@ -1004,6 +1004,23 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
         reach += self._conv_radius(dec.conv_out) / scale
         return int(math.ceil(reach)) + 1
 
+    def _largest_activation(self, frames: int, height: int, width: int) -> int:
+        """Elements (channels x frames x pixels) of the largest block output when decoding `[1, C, frames, h, w]`."""
+        dec = self.decoder
+        channels, t, scale = dec.conv_in.conv.out_channels, frames, 1
+        peak = channels * t * height * width
+        for block in dec.up_blocks:
+            if block.upsamplers is not None:
+                for upsampler in block.upsamplers:
+                    if upsampler.time_conv is not None:
+                        t *= 2
+                    scale *= 2
+            last = block.resnets[-1].conv2 if len(block.resnets) else None
+            if last is not None:
+                channels = getattr(last, "conv", getattr(last, "pointwise_conv", None)).out_channels
+            peak = max(peak, channels * t * height * scale * width * scale)
+        return peak
+
     def _estimate_window_bytes(self, frames: int, height: int, width: int) -> int:
         """Estimated peak working set of decoding a latent window `[1, C, frames, height, width]`.
 
@@ -1018,20 +1035,8 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
         bytes per element counted the same way (16 GiB); it is estimated at 4 x the dtype size + 2 bytes (10 for
         bf16), a margin for the convolution workspace and the allocator's rounding.
         """
-        dec = self.decoder
         elem = torch.finfo(self.dtype).bits // 8 if self.dtype.is_floating_point else 4
-        channels, t, scale = dec.conv_in.conv.out_channels, frames, 1
-        peak = channels * t * height * width
-        for block in dec.up_blocks:
-            if block.upsamplers is not None:
-                for upsampler in block.upsamplers:
-                    if upsampler.time_conv is not None:
-                        t *= 2
-                    scale *= 2
-            last = block.resnets[-1].conv2 if len(block.resnets) else None
-            if last is not None:
-                channels = getattr(last, "conv", getattr(last, "pointwise_conv", None)).out_channels
-            peak = max(peak, channels * t * height * scale * width * scale)
+        peak = self._largest_activation(frames, height, width)
         if self.decoder.fused:
             return int(peak * (FUSED_BYTES_PER_MODEL_BYTE * elem + FUSED_EXTRA_BYTES))
         return int(peak * (6 * elem + 16))
