@@ -209,6 +209,21 @@ def test_fused_path_off_when_gradients_are_needed():
     assert check("max abs fused vs reference", max_abs(fused, out.detach()), FP32_OPTION_ATOL)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_nearest_upsample_is_exact(channels_last):
+    from diffusers_magihuman.models.autoencoder_turbo_vaed import TurboVAEDUpsample2x
+
+    x = torch.randn(3, 5, 4, 7).to(torch.bfloat16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    upsample = TurboVAEDUpsample2x()
+    reference = upsample(x)
+    upsample.fused = True
+    fused = upsample(x)
+    torch.testing.assert_close(fused, reference, rtol=0, atol=0)  # a copy of the same values
+    assert fused.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # windows
 
