@@ -121,7 +121,7 @@ class Runner:
             "seconds": args.seconds,
             "dtype": str(self.dtype),
             "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
-            "original_h100_s": {"540p": bm.UPSTREAM_H100["turbo_vae_540p"], "1080p": bm.UPSTREAM_H100["turbo_vae_1080p"]},
+            "original_h100_s": {r: bm.UPSTREAM_H100[f"turbo_vae_{r}"] for r in ("540p", "1080p")},
             "targets_s": {"540p": 1.3, "1080p": 4.5},
         }
         self.meta.update(cap_memory(self.device, args.cap_gib))
@@ -281,24 +281,26 @@ class Runner:
                     # keep it off the GPU: the next variants' peak memory must not include it
                     reference = out.to("cpu") if self.device.type == "cuda" else out
                     del out
-            if resolution == "1080p" and self.args.resident_gib:
+            resident = self.args.resident_gib
+            if resolution == "1080p" and resident:
                 for name in self.args.resident_variants:
                     if not self.args.tiny and self.left() < self.estimate_s(resolution, name) * 1.5:
-                        self.record(resolution=resolution, variant=name, resident_gib=self.args.resident_gib, skipped="time budget")
+                        self.record(resolution=resolution, variant=name, resident_gib=resident, skipped="time budget")
                         continue
-                    self.run_variant(resolution, name, reference, resident_gib=self.args.resident_gib)
+                    self.run_variant(resolution, name, reference, resident_gib=resident)
             reference = None
         self.summary()
 
     def summary(self):
         print("\nresolution  variant                      resident  first_s  median_s  peak_alloc  max|d|   >4lv")
+        nan = float("nan")
         for r in self.results:
             if "median_s" not in r:
                 continue
             print(
-                f"{r['resolution']:<11} {r['variant']:<28} {r.get('resident_gib', 0) or 0:>8} {r['first_call_s']:>8.2f} "
-                f"{r['median_s']:>9.3f} {r.get('peak_allocated_gib', float('nan')):>11.2f} "
-                f"{r.get('max_abs_diff_vs_reference', float('nan')):>7.4f} {r.get('uint8_fraction_over_4_levels', float('nan')):>6.4f}"
+                f"{r['resolution']:<11} {r['variant']:<28} {r.get('resident_gib', 0) or 0:>8} "
+                f"{r['first_call_s']:>8.2f} {r['median_s']:>9.3f} {r.get('peak_allocated_gib', nan):>11.2f} "
+                f"{r.get('max_abs_diff_vs_reference', nan):>7.4f} {r.get('uint8_fraction_over_4_levels', nan):>6.4f}"
             )
 
 

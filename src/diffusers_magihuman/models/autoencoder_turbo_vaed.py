@@ -100,8 +100,8 @@ def _fused_norm_act_pad(x: torch.Tensor, eps: float, activation: str | None, pad
 
     The reference path materialises `x.float()`, its square, the float32 product and its bf16 cast, the activation
     and the padded copy (about 8 passes over float32/bf16 copies of `x`). Here: one float32 reduction that reads `x`
-    once (`vector_norm` with `dtype=float32` accumulates in float32), one multiply that computes in float32 and rounds straight into
-    the padded output buffer, one in-place activation and a copy of the `pad` edge frames.
+    once (`vector_norm` with `dtype=float32` accumulates in float32), one multiply that computes in float32 and
+    rounds straight into the padded output buffer, one in-place activation and a copy of the `pad` edge frames.
 
     The product and its rounding are the reference's (`mul` promotes to float32, the `out=` cast rounds to the
     model dtype); the mean of squares is `||x||^2 / C` instead of `mean(x^2)`: the same sum in a different order plus
@@ -812,8 +812,9 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
             # refuses; a differentiable decode takes the reference path
             options["fused"] = False
         self.decoder.channels_last = options["channels_last"]
+        fusable = (TurboVAEDDecoder3d, TurboVAEDResnetBlock3d, TurboVAEDResample, TurboVAEDUpsample2x)
         for module in self.decoder.modules():
-            if isinstance(module, (TurboVAEDDecoder3d, TurboVAEDResnetBlock3d, TurboVAEDResample, TurboVAEDUpsample2x)):
+            if isinstance(module, fusable):
                 module.fused = options["fused"]
         return options
 
