@@ -316,7 +316,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5, help="clip length in seconds (default 5)")
     parser.add_argument("--cap-gib", type=float, default=79.0, help="cap a larger card to this many GiB (default 79)")
-    parser.add_argument("--time-budget-s", type=float, default=225.0, help="skip rows that would run past this")
+    parser.add_argument("--time-budget-s", type=float, default=200.0, help="skip rows that would run past this")
     parser.add_argument("--output", default=None, help="JSON file, rewritten after each row")
     args = parser.parse_args(argv)
     args.resolutions = [x for x in args.resolutions.split(",") if x]

@@ -62,11 +62,10 @@ def _replicate_pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 def _memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    """`torch.channels_last_3d` / `torch.channels_last` when `x` is laid out that way, else contiguous."""
-    if x.ndim == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
+    """`torch.channels_last_3d` / `torch.channels_last` when the channels of `x` are innermost in memory (also for a
+    slice of such a tensor, e.g. a window without its first frame), else contiguous."""
+    if x.ndim in (4, 5) and x.shape[1] > 1 and x.stride(1) == 1 and not x.is_contiguous():
+        return torch.channels_last_3d if x.ndim == 5 else torch.channels_last
     return torch.contiguous_format
 
 
