@@ -25,6 +25,9 @@ norm temporaries) plus the uint8-frame differences (the truncating conversion th
 fraction of pixels more than 4 levels off. `--resident-gib` repeats some 1080p variants with that many GiB of other
 allocations held on the GPU (the SR DiT is ~30 GiB), to show the decode budget adapting (exact spatial tiles or none).
 
+A last row profiles one middle window of the default (`fast`) variant at the largest resolution: kernel time, the
+share in convolutions and the top kernels (`--no-profile` skips it).
+
 A card with more than `--cap-gib` GiB (an H200) is capped with `torch.cuda.set_per_process_memory_fraction`, so the
 memory numbers are those of an 80 GB H100. The default CUDA allocator is used. Results go to `--output` after every
 row; rows past `--time-budget-s` are recorded as skipped.
@@ -289,7 +292,61 @@ class Runner:
                         continue
                     self.run_variant(resolution, name, reference, resident_gib=resident)
             reference = None
+        if self.args.profile:
+            self.profile_window()
         self.summary()
+
+    def profile_window(self, name: str = "fast", top: int = 15):
+        """Kernel times of one decoded window (the largest resolution run, `name` variant): where the time goes."""
+        resolution = self.args.resolutions[-1]
+        row = dict(resolution=resolution, variant=name, profile="one middle window, kernels by self device time")
+        if not self.args.tiny and self.left() < 30:
+            self.record(**row, skipped="time budget")
+            return
+        try:
+            from torch.profiler import ProfilerActivity, profile
+
+            z = self.latents(resolution)
+            z = self.vae._denormalize(z)[:, :, : self.vae.config.step_size + 2]  # a middle window with its context
+            self.vae.set_decode_options(**VARIANTS[name][0])
+            self.vae._resolve_decode_options(z.device)
+            on_cuda = self.device.type == "cuda"
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+            with torch.inference_mode():
+                self.vae._decode_window(z, is_first_chunk=False)  # warm-up (allocator, cuDNN heuristics)
+                self.sync()
+                with profile(activities=activities) as prof:
+                    self.vae._decode_window(z, is_first_chunk=False)
+                    self.sync()
+            kernels = []
+            for event in prof.key_averages():
+                if on_cuda:
+                    if "CUDA" not in str(getattr(event, "device_type", "")):
+                        continue
+                    us = getattr(event, "self_device_time_total", None)
+                    us = getattr(event, "self_cuda_time_total", 0) if us is None else us
+                else:
+                    us = event.self_cpu_time_total
+                if us > 0:
+                    kernels.append((event.key, us / 1e3, event.count))
+            kernels.sort(key=lambda k: -k[1])
+            total = sum(k[1] for k in kernels)
+
+            def share(*words):
+                picked = sum(k[1] for k in kernels if any(w in k[0].lower() for w in words))
+                return round(picked / total, 3) if total else None
+
+            row.update(
+                window_latent_frames=z.shape[2],
+                total_kernel_ms=round(total, 2),
+                conv_share=share("conv", "xmma", "implicit", "fprop", "cudnn", "gemm", "sm90", "sm80", "cutlass"),
+                top_kernels=[[k[0][:120], round(k[1], 2), k[2]] for k in kernels[:top]],
+            )
+        except Exception as error:
+            row.update(error=bm.short_error(error), trace=traceback.format_exc()[-1500:])
+        finally:
+            self.vae.set_decode_options()
+            self.record(**row)
 
     def summary(self):
         print("\nresolution  variant                      resident  first_s  median_s  peak_alloc  max|d|   >4lv")
@@ -317,6 +374,7 @@ def main(argv=None):
     parser.add_argument("--seconds", type=int, default=5, help="clip length in seconds (default 5)")
     parser.add_argument("--cap-gib", type=float, default=79.0, help="cap a larger card to this many GiB (default 79)")
     parser.add_argument("--time-budget-s", type=float, default=200.0, help="skip rows that would run past this")
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the kernel profile row")
     parser.add_argument("--output", default=None, help="JSON file, rewritten after each row")
     args = parser.parse_args(argv)
     args.resolutions = [x for x in args.resolutions.split(",") if x]
