@@ -19,6 +19,7 @@ after stripping its `module.` prefix (see `conversion/convert_turbo_vae_to_diffu
 original decoder, quirks included.
 """
 
+import contextlib
 import math
 
 import torch
@@ -34,6 +35,11 @@ from ..constants import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
 
 
 logger = logging.get_logger(__name__)
+
+# Working set of the fused decode path per element of its largest activation: model-dtype tensors (x this many bytes
+# per element of the dtype) plus float32 extras (bytes). See `AutoencoderTurboVAED._estimate_window_bytes`.
+FUSED_BYTES_PER_MODEL_BYTE = 4
+FUSED_EXTRA_BYTES = 2
 
 
 def _frames_to_batch(x: torch.Tensor) -> torch.Tensor:
@@ -53,6 +59,71 @@ def _replicate_pad_time(x: torch.Tensor, pad: int) -> torch.Tensor:
     if pad == 0:
         return x
     return torch.cat([x[:, :, :1].expand(-1, -1, pad, -1, -1), x, x[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
+
+
+def _memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """`torch.channels_last_3d` / `torch.channels_last` when the channels of `x` are innermost in memory (also for a
+    slice of such a tensor, e.g. a window without its first frame), else contiguous."""
+    if x.ndim in (4, 5) and x.shape[1] > 1 and x.stride(1) == 1 and not x.is_contiguous():
+        return torch.channels_last_3d if x.ndim == 5 else torch.channels_last
+    return torch.contiguous_format
+
+
+def _padded_time_buffer(x: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An uninitialised `[B, C, T + 2 pad, H, W]` buffer in the memory format of `x` and its middle `T` frames."""
+    b, c, t, h, w = x.shape
+    out = torch.empty((b, c, t + 2 * pad, h, w), dtype=x.dtype, device=x.device, memory_format=_memory_format_of(x))
+    return out, (out[:, :, pad : pad + t] if pad else out)
+
+
+def _fill_time_edges(out: torch.Tensor, pad: int) -> torch.Tensor:
+    """Replicate padding in time in place: copies frame `pad` into the first `pad` frames and the last real frame
+    into the last `pad` frames of `out`."""
+    if pad:
+        out[:, :, :pad] = out[:, :, pad : pad + 1]
+        out[:, :, -pad:] = out[:, :, -pad - 1 : -pad]
+    return out
+
+
+def _replicate_pad_time_keep_layout(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """[`_replicate_pad_time`] that keeps the memory format of `x` (a `torch.cat` of expanded views may not)."""
+    if pad == 0:
+        return x
+    out, middle = _padded_time_buffer(x, pad)
+    middle.copy_(x)
+    return _fill_time_edges(out, pad)
+
+
+def _fused_norm_act_pad(x: torch.Tensor, eps: float, activation: str | None, pad: int) -> torch.Tensor:
+    r"""`pad_time(act(rms_norm(x)))` with few passes over memory (the fast decode path).
+
+    The reference path materialises `x.float()`, its square, the float32 product and its bf16 cast, the activation
+    and the padded copy (about 8 passes over float32/bf16 copies of `x`). Here: one float32 reduction that reads `x`
+    once (`vector_norm` with `dtype=float32` accumulates in float32), one multiply that computes in float32 and
+    rounds straight into the padded output buffer, one in-place activation and a copy of the `pad` edge frames.
+
+    The product and its rounding are the reference's (`mul` promotes to float32, the `out=` cast rounds to the
+    model dtype); the mean of squares is `||x||^2 / C` instead of `mean(x^2)`: the same sum in a different order plus
+    one square root and square, so it differs by float32 rounding (~1e-7 relative), below bf16 noise.
+
+    Args:
+        x (`torch.Tensor`): `[B, C, T, H, W]`, any memory format (kept).
+        eps (`float`): RMS norm epsilon.
+        activation (`str`, *optional*): `"silu"`, `"relu"` or None.
+        pad (`int`): Replicated frames on each side in time.
+
+    Returns:
+        `torch.Tensor`: `[B, C, T + 2 pad, H, W]` in the dtype and memory format of `x`.
+    """
+    norm = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True, dtype=torch.float32)
+    inv_rms = norm.square_().div_(x.shape[1]).add_(eps).rsqrt_()
+    out, middle = _padded_time_buffer(x, pad)
+    torch.mul(x, inv_rms, out=middle)
+    if activation == "silu":
+        F.silu(middle, inplace=True)
+    elif activation == "relu":
+        F.relu_(middle)
+    return _fill_time_edges(out, pad)
 
 
 def unpatchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -108,8 +179,16 @@ class TurboVAEDConv3d(nn.Module):
             in_channels, out_channels, kernel_size, padding=(0, kernel_size[1] // 2, kernel_size[2] // 2)
         )
 
+    @property
+    def time_pad(self) -> int:
+        return (self.kernel_size[0] - 1) // 2
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = _replicate_pad_time(hidden_states, (self.kernel_size[0] - 1) // 2)
+        hidden_states = _replicate_pad_time(hidden_states, self.time_pad)
+        return self.conv(hidden_states)
+
+    def forward_padded(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The convolution of an input that is already replicate-padded by `time_pad` frames in time."""
         return self.conv(hidden_states)
 
 
@@ -131,8 +210,16 @@ class TurboVAEDDepthwiseSeparableConv3d(nn.Module):
         )
         self.pointwise_conv = nn.Conv3d(in_channels, out_channels, kernel_size=1)
 
+    @property
+    def time_pad(self) -> int:
+        return (self.kernel_size[0] - 1) // 2
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = _replicate_pad_time(hidden_states, (self.kernel_size[0] - 1) // 2)
+        hidden_states = _replicate_pad_time(hidden_states, self.time_pad)
+        return self.pointwise_conv(self.depthwise_conv(hidden_states))
+
+    def forward_padded(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The convolutions of an input that is already replicate-padded by `time_pad` frames in time."""
         return self.pointwise_conv(self.depthwise_conv(hidden_states))
 
 
@@ -178,8 +265,13 @@ class TurboVAEDResnetBlock3d(nn.Module):
         if in_channels != out_channels:
             self.norm3 = TurboVAEDRMSNorm(eps)
             self.conv_shortcut = conv_cls(in_channels, out_channels, 1)
+        # Set by `AutoencoderTurboVAED.set_decode_options`: fused norm/activation/padding, fewer temporaries.
+        self.fused = False
+        self._first_activation = first_activation
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return self._forward_fused(inputs)
         hidden_states = self.conv1(self.act1(self.norm1(inputs)))
         # dropout is 0 upstream and omitted here
         hidden_states = self.conv2(self.act2(self.norm2(hidden_states)))
@@ -187,12 +279,41 @@ class TurboVAEDResnetBlock3d(nn.Module):
             inputs = self.conv_shortcut(self.norm3(inputs))
         return hidden_states + inputs
 
+    def _forward_fused(self, inputs: torch.Tensor) -> torch.Tensor:
+        # Same operations as `forward`; each temporary is released before the next convolution runs, so the
+        # working set is about the input, one padded buffer and one convolution output.
+        padded = _fused_norm_act_pad(inputs, self.norm1.eps, self._first_activation, self.conv1.time_pad)
+        hidden_states = self.conv1.forward_padded(padded)
+        del padded
+        padded = _fused_norm_act_pad(hidden_states, self.norm2.eps, "silu", self.conv2.time_pad)
+        del hidden_states
+        hidden_states = self.conv2.forward_padded(padded)
+        del padded
+        if self.conv_shortcut is not None:
+            shortcut = _fused_norm_act_pad(inputs, self.norm3.eps, None, self.conv_shortcut.time_pad)
+            inputs = self.conv_shortcut.forward_padded(shortcut)
+            del shortcut
+        return hidden_states.add_(inputs)
+
 
 class TurboVAEDUpsample2x(nn.Module):
     r"""Nearest-exact 2× spatial upsampling of `[N, C, H, W]`, computed in float32 and cast back (upstream
-    `WanUpsample`)."""
+    `WanUpsample`); the fused path skips the float32 round trip, which cannot change a copied value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            # Nearest upsampling only copies values (at scale 2, "nearest-exact" output pixel i reads input i // 2), so
+            # one broadcast copy in the model dtype gives the same result without the float32 round trip. It keeps the
+            # memory format of `x` and, being a plain copy, has no 2^31-element limit (a 1080p window upsamples
+            # 2.4e9 values in one call).
+            n, c, h, w = x.shape
+            out = torch.empty((n, c, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=_memory_format_of(x))
+            out.view(n, c, h, 2, w, 2).copy_(x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2))
+            return out
         return F.interpolate(x.float(), scale_factor=(2.0, 2.0), mode="nearest-exact").to(x.dtype)
 
 
@@ -216,8 +337,11 @@ class TurboVAEDResample(nn.Module):
         # Sequential so that the conv is `resample.1`, the original checkpoint key.
         self.resample = nn.Sequential(TurboVAEDUpsample2x(), nn.Conv2d(dim, dim, 3, padding=1))
         self.time_conv = TurboVAEDConv3d(dim, dim * 2, (3, 1, 1)) if mode == "upsample3d" else None
+        self.fused = False
 
     def forward(self, x: torch.Tensor, is_first_chunk: bool = True) -> torch.Tensor:
+        if self.fused:
+            return self._forward_fused(x, is_first_chunk)
         b, c, t, h, w = x.shape
         if self.time_conv is not None:
             x = self.time_conv(x)
@@ -226,6 +350,26 @@ class TurboVAEDResample(nn.Module):
             if is_first_chunk:
                 x = x[:, :, 1:]
         return _batch_to_frames(self.resample(_frames_to_batch(x)), b)
+
+    def _forward_fused(self, x: torch.Tensor, is_first_chunk: bool) -> torch.Tensor:
+        # As `forward`, keeping the memory format of `x` (channels-last stays channels-last, where the per-frame
+        # reshapes are views instead of copies).
+        b, c, t, h, w = x.shape
+        memory_format = _memory_format_of(x)
+        if self.time_conv is not None:
+            y = self.time_conv.forward_padded(_replicate_pad_time_keep_layout(x, self.time_conv.time_pad))
+            x = torch.empty((b, c, 2 * t, h, w), dtype=y.dtype, device=y.device, memory_format=memory_format)
+            x[:, :, 0::2] = y[:, :c]  # out[:, c, 2t + n] = conv[:, n * C + c, t]
+            x[:, :, 1::2] = y[:, c:]
+            del y
+            if is_first_chunk:
+                x = x[:, :, 1:]
+        frames = x.permute(0, 2, 1, 3, 4).reshape(-1, c, h, w)
+        if memory_format == torch.channels_last_3d:
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        frames = self.resample(frames)
+        out = frames.reshape(b, -1, c, 2 * h, 2 * w).permute(0, 2, 1, 3, 4)
+        return out.contiguous(memory_format=memory_format)
 
 
 class TurboVAEDPixelShuffleUpsampler(nn.Module):
@@ -443,6 +587,9 @@ class TurboVAEDDecoder3d(nn.Module):
         num_upsample3d = sum(1 for s, o in zip(spatio_temporal_scaling, spatio_only) if s and not o)
         self.temporal_upscale = 2**num_upsample3d
         self.spatial_upscale = 2 ** sum(1 for s in spatio_temporal_scaling if s) * 2
+        # Set by `AutoencoderTurboVAED.set_decode_options`.
+        self.fused = False
+        self.channels_last = False
 
     def forward(self, hidden_states: torch.Tensor, is_first_chunk: bool) -> torch.Tensor:
         r"""
@@ -454,10 +601,24 @@ class TurboVAEDDecoder3d(nn.Module):
             `torch.Tensor`: `[B, out_channels, t', h * 16, w * 16]` with `t' = 4t - 3` on the first chunk else `4t`
             (real config).
         """
-        hidden_states = self.conv_in(hidden_states)
+        if self.channels_last:
+            # cuDNN's fastest 3D convolutions are channels-last (NDHWC); every later op keeps the layout.
+            hidden_states = hidden_states.contiguous(memory_format=torch.channels_last_3d)
+        if self.fused:
+            hidden_states = _replicate_pad_time_keep_layout(hidden_states, self.conv_in.time_pad)
+            hidden_states = self.conv_in.forward_padded(hidden_states)
+        else:
+            hidden_states = self.conv_in(hidden_states)
         hidden_states = self.mid_block(hidden_states)
         for up_block in self.up_blocks:
             hidden_states = up_block(hidden_states, is_first_chunk=is_first_chunk)
+
+        if self.fused and self.upsampler2d_1 is None:
+            padded = _fused_norm_act_pad(hidden_states, self.norm_out.eps, "silu", self.conv_out.time_pad)
+            del hidden_states
+            hidden_states = self.conv_out.forward_padded(padded)
+            del padded
+            return unpatchify(hidden_states, self.patch_size).contiguous()
 
         if self.upsampler2d_1 is not None:
             hidden_states = self.upsampler2d_1(self.conv_act(self.norm_up_1(hidden_states)))
@@ -465,7 +626,7 @@ class TurboVAEDDecoder3d(nn.Module):
         hidden_states = self.conv_out(self.conv_act(self.norm_out(hidden_states)))
         if self.use_unpatchify:
             hidden_states = unpatchify(hidden_states, self.patch_size)
-        return hidden_states
+        return hidden_states.contiguous() if self.channels_last else hidden_states
 
 
 class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
@@ -573,6 +734,108 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
         self.tile_sample_min_width = 512
         self.tile_sample_stride_height = 384
         self.tile_sample_stride_width = 384
+        self._decode_options = dict(
+            channels_last=None, fused=None, cudnn_benchmark=False, compile_decoder=False, window_frames=None
+        )
+        self._compiled_decoders: dict = {}  # a plain dict, so the compiled wrapper is not a registered submodule
+
+    # ------------------------------------------------------------------ speed options
+    def set_decode_options(
+        self,
+        channels_last: bool | None = None,
+        fused: bool | None = None,
+        cudnn_benchmark: bool = False,
+        compile_decoder: bool = False,
+        window_frames: int | str | None = None,
+    ) -> None:
+        r"""Choose how `decode` computes. Every option but `window_frames` gives the same video up to rounding noise.
+
+        Options not given return to their defaults. For example `vae.set_decode_options(cudnn_benchmark=True)` for
+        many decodes in one process, or `vae.set_decode_options(channels_last=False, fused=False)` for the reference
+        path (the original's operations, eager) on a GPU.
+
+        Args:
+            channels_last (`bool`, *optional*): Run the decoder in channels-last layout (NDHWC / NHWC), where cuDNN's
+                bf16 convolutions are fastest. `None` (default): on when decoding on a CUDA device.
+            fused (`bool`, *optional*): Fused eager path: each RMS norm + activation + replicate time padding writes
+                one padded buffer in the model dtype (the reference materialises several float32 copies), residual
+                adds are in place, nearest upsampling runs in the model dtype. Same products and roundings as the
+                reference except the norm's mean of squares, which is summed in another order (float32 rounding,
+                ~1e-7 relative). Peak memory per window is about half of the reference's, so fewer windows need
+                spatial tiles. `None` (default): on when decoding on a CUDA device and `compile_decoder` is off.
+            cudnn_benchmark (`bool`, defaults to False): Let cuDNN time its algorithms for each new convolution shape
+                during the decode (`torch.backends.cudnn.benchmark`, restored afterwards). Faster steady state; the
+                first decode of each window shape pays the timing, and the chosen algorithms may differ run to run
+                (rounding noise).
+            compile_decoder (`bool`, defaults to False): Run the decoder through `torch.compile` (as the original
+                does), which fuses the elementwise work. The first decode of each window shape compiles (tens of
+                seconds); worth it for many decodes in one process.
+            window_frames (`int` or `"auto"`, *optional*): Latent frames per temporal window instead of the config's
+                `first_chunk_size` / `step_size`. Larger windows decode fewer context frames twice (the default
+                7-frame windows decode 9 frames to keep 7), but frames near the window seams change (each window sees
+                different context), so this is **not** the reference result. `"auto"`: among the windows (up to the
+                whole clip) whose estimated working set fits the decode memory budget, the one that decodes the fewest
+                latent frames in total (padding and context included), the larger on a tie.
+        """
+        if window_frames is not None and window_frames != "auto":
+            if isinstance(window_frames, bool) or not isinstance(window_frames, int) or window_frames < 1:
+                raise ValueError(f"`window_frames` must be a positive int, 'auto' or None, got {window_frames!r}.")
+        for name, value in (("channels_last", channels_last), ("fused", fused)):
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"`{name}` must be True, False or None (auto), got {value!r}.")
+        self._decode_options = dict(
+            channels_last=channels_last,
+            fused=fused,
+            cudnn_benchmark=bool(cudnn_benchmark),
+            compile_decoder=bool(compile_decoder),
+            window_frames=window_frames,
+        )
+
+    @property
+    def _options(self) -> dict:
+        # also for a model unpickled from before the options existed
+        return getattr(self, "_decode_options", None) or dict(
+            channels_last=None, fused=None, cudnn_benchmark=False, compile_decoder=False, window_frames=None
+        )
+
+    def _resolve_decode_options(self, device: torch.device) -> dict:
+        """The options with `None` (auto) resolved for `device`, applied to the decoder's modules."""
+        options = dict(self._options)
+        on_cuda = device.type == "cuda"
+        if options["channels_last"] is None:
+            options["channels_last"] = on_cuda
+        if options["fused"] is None:
+            options["fused"] = on_cuda and not options["compile_decoder"]
+        if options["fused"] and torch.is_grad_enabled() and any(p.requires_grad for p in self.decoder.parameters()):
+            # the fused path writes into preallocated buffers (`out=`, in-place activations), which autograd
+            # refuses; a differentiable decode takes the reference path
+            options["fused"] = False
+        self.decoder.channels_last = options["channels_last"]
+        fusable = (TurboVAEDDecoder3d, TurboVAEDResnetBlock3d, TurboVAEDResample, TurboVAEDUpsample2x)
+        for module in self.decoder.modules():
+            if isinstance(module, fusable):
+                module.fused = options["fused"]
+        return options
+
+    @contextlib.contextmanager
+    def _cudnn_benchmark(self, enabled: bool):
+        if not enabled:
+            yield
+            return
+        previous = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = previous
+
+    def _run_decoder(self, z: torch.Tensor, is_first_chunk: bool) -> torch.Tensor:
+        if not self._options["compile_decoder"]:
+            return self.decoder(z, is_first_chunk=is_first_chunk)
+        compiled = self._compiled_decoders.get("decoder")
+        if compiled is None:
+            compiled = self._compiled_decoders["decoder"] = torch.compile(self.decoder)
+        return compiled(z, is_first_chunk=is_first_chunk)
 
     def enable_tiling(
         self,
@@ -654,7 +917,7 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
 
         rows = [
             [
-                self.decoder(z[:, :, :, i : i + tile_h, j : j + tile_w], is_first_chunk=is_first_chunk)
+                self._run_decoder(z[:, :, :, i : i + tile_h, j : j + tile_w], is_first_chunk=is_first_chunk)
                 for j in col_starts
             ]
             for i in row_starts
@@ -746,16 +1009,9 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
         reach += self._conv_radius(dec.conv_out) / scale
         return int(math.ceil(reach)) + 1
 
-    def _estimate_window_bytes(self, frames: int, height: int, width: int) -> int:
-        """Estimated peak working set of decoding a latent window `[1, C, frames, height, width]`.
-
-        The largest activation (channels x frames x pixels at some stage of the decoder) times 28 bytes per element
-        for a bf16 model: input, padded copy and output of a convolution in the model dtype, plus the float32
-        temporaries of the RMS norm. The factor is calibrated on the measured whole-window 1080p decode (35.6 GB
-        for a 1.2e9-element last stage, bf16); float32 models count twice the model-dtype part.
-        """
+    def _largest_activation(self, frames: int, height: int, width: int) -> int:
+        """Elements (channels x frames x pixels) of the largest block output when decoding `[1, C, frames, h, w]`."""
         dec = self.decoder
-        elem = torch.finfo(self.dtype).bits // 8 if self.dtype.is_floating_point else 4
         channels, t, scale = dec.conv_in.conv.out_channels, frames, 1
         peak = channels * t * height * width
         for block in dec.up_blocks:
@@ -768,6 +1024,26 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
             if last is not None:
                 channels = getattr(last, "conv", getattr(last, "pointwise_conv", None)).out_channels
             peak = max(peak, channels * t * height * scale * width * scale)
+        return peak
+
+    def _estimate_window_bytes(self, frames: int, height: int, width: int) -> int:
+        """Estimated peak working set of decoding a latent window `[1, C, frames, height, width]`.
+
+        The largest activation (channels x frames x pixels at some stage of the decoder) times 28 bytes per element
+        for a bf16 model: input, padded copy and output of a convolution in the model dtype, plus the float32
+        temporaries of the RMS norm. The factor is calibrated on the measured whole-window 1080p decode (35.6 GB
+        for a 1.2e9-element last stage, bf16); float32 models count twice the model-dtype part. The largest activation
+        of a 9-frame 1080p window is in fact the 2.4e9-element 128-channel stage, so the estimate (63 GiB) is about
+        twice what that window holds: the tensors alive at once peak at 13 bytes per element (29 GiB), counted on the
+        meta device (tests/test_turbo_vae_speed_options.py). The fused path (`set_decode_options(fused=True)`) keeps
+        no float32 copies: about the input, one padded buffer and one convolution output in the model dtype, 7.1
+        bytes per element counted the same way (16 GiB); it is estimated at 4 x the dtype size + 2 bytes (10 for
+        bf16), a margin for the convolution workspace and the allocator's rounding.
+        """
+        elem = torch.finfo(self.dtype).bits // 8 if self.dtype.is_floating_point else 4
+        peak = self._largest_activation(frames, height, width)
+        if self.decoder.fused:
+            return int(peak * (FUSED_BYTES_PER_MODEL_BYTE * elem + FUSED_EXTRA_BYTES))
         return int(peak * (6 * elem + 16))
 
     def _plan_tiles(self, frames: int, height: int, width: int, budget: int) -> tuple[int, int]:
@@ -813,7 +1089,7 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
             for j0, j1 in zip(col_edges[:-1], col_edges[1:]):
                 a0, a1 = max(0, i0 - halo), min(height, i1 + halo)
                 b0, b1 = max(0, j0 - halo), min(width, j1 + halo)
-                tile = self.decoder(z[:, :, :, a0:a1, b0:b1], is_first_chunk=is_first_chunk)
+                tile = self._run_decoder(z[:, :, :, a0:a1, b0:b1], is_first_chunk=is_first_chunk)
                 if out is None:
                     out = tile.new_empty(tile.shape[:3] + (height * up, width * up))
                 out[..., i0 * up : i1 * up, j0 * up : j1 * up] = tile[
@@ -841,10 +1117,41 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
                         f"within {budget / 2**30:.1f} GiB."
                     )
                     return self._exact_tiled_decode_window(z, is_first_chunk, rows, cols)
-        return self.decoder(z, is_first_chunk=is_first_chunk)
+        return self._run_decoder(z, is_first_chunk=is_first_chunk)
+
+    def _window_sizes(self, z: torch.Tensor) -> tuple[int, int]:
+        """(first window, step) in latent frames: the config's, or the `window_frames` decode option."""
+        window = self._options["window_frames"]
+        if window is None:
+            return self.config.first_chunk_size, self.config.step_size
+        if window != "auto":
+            return window, window
+        num_frames, height, width = z.shape[2], z.shape[3], z.shape[4]
+        budget = self._memory_budget(z.device)
+        best = None
+        for frames in range(max(1, min(self.config.first_chunk_size, self.config.step_size)), num_frames + 1):
+            # a window shorter than the clip also decodes one latent frame of context on each side
+            largest = num_frames if frames >= num_frames else frames + 2
+            if budget is not None and z.shape[0] * self._estimate_window_bytes(largest, height, width) > budget:
+                continue
+            cost = self._decoded_latent_frames(num_frames, frames, frames)
+            if best is None or cost <= best[0]:  # fewest decoded frames, then the larger window
+                best = (cost, frames)
+        if best is None:
+            return self.config.first_chunk_size, self.config.step_size
+        return best[1], best[1]
+
+    @staticmethod
+    def _decoded_latent_frames(num_frames: int, first: int, step: int) -> int:
+        """Latent frames the sliding-window decode runs through the decoder (padding and context included)."""
+        padded = first if num_frames <= first else first + -(-(num_frames - first) // step) * step
+        if padded == first:
+            return first
+        windows = (padded - first) // step
+        return (first + 1) + (windows - 1) * (step + 2) + (step + 1)
 
     def _sliding_window_decode(self, z: torch.Tensor, output_device: torch.device | str | None) -> torch.Tensor:
-        first, step = self.config.first_chunk_size, self.config.step_size
+        first, step = self._window_sizes(z)
         overlap = self.config.temporal_compression_ratio  # 1 latent frame of context = 4 pixel frames
         num_frames = z.shape[2]
 
@@ -920,10 +1227,12 @@ class AutoencoderTurboVAED(ModelMixin, AutoencoderMixin, ConfigMixin):
         # upstream casts the latent to the weight dtype before denormalising (decode_video: latent.to(self.dtype))
         z = self._denormalize(z.to(self.dtype))
 
-        if self.use_slicing and z.shape[0] > 1:
-            sample = torch.cat([self._sliding_window_decode(zs, output_device) for zs in z.split(1)], dim=0)
-        else:
-            sample = self._sliding_window_decode(z, output_device)
+        options = self._resolve_decode_options(z.device)
+        with self._cudnn_benchmark(options["cudnn_benchmark"] and z.device.type == "cuda"):
+            if self.use_slicing and z.shape[0] > 1:
+                sample = torch.cat([self._sliding_window_decode(zs, output_device) for zs in z.split(1)], dim=0)
+            else:
+                sample = self._sliding_window_decode(z, output_device)
 
         if not return_dict:
             return (sample,)
