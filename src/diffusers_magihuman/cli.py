@@ -752,9 +752,9 @@ def _enable_context_parallel(module, world: int) -> None:
     """Splits the DiT's packed sequence over the `world` ranks with diffusers' context parallelism (Ulysses)."""
     if world <= 1 or module is None:
         return
-    from diffusers import ContextParallelConfig
+    from .utils.distributed import enable_context_parallel
 
-    module.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+    enable_context_parallel(module, degree=world)
 
 
 def _run_generate(args, plan, device, dtype, world: int) -> int:
