@@ -16,7 +16,7 @@
     python benchmarks/benchmark_pipeline.py --output e2e.json                       # CUDA, >= 80 GB per stage
     python benchmarks/benchmark_pipeline.py --tiny --output /tmp/e2e_tiny.json      # code path check on a CPU
 
-What a user gets from `MagiHumanPipeline(...)(...)` and `MagiHumanSRPipeline.from_pipe(...)(...)` with nothing
+What a user gets from `MagiHumanPipeline(...)(...)` and `MagiHumanSRPipeline(**pipe.components, ...)(...)` with nothing
 tuned: on CUDA that is regional compilation on the first call and FlashAttention-4 when installed (else SDPA). A 5 s
 clip (126 frames at 25 fps), prompt embeddings given (300 tokens; T5-Gemma is not part of the original's table
 either), Turbo-VAE decode, Oobleck audio decode, `output_type="np"`:
@@ -135,6 +135,8 @@ class Runner:
             scheduler=MagiHumanScheduler(sampler="dmd"),
             vae=None,
             audio_vae=audio_vae,
+            text_encoder=None,
+            tokenizer=None,
             turbo_vae=turbo,
         )
         pipe.set_progress_bar_config(disable=True)
@@ -175,7 +177,7 @@ class Runner:
                 pipe.transformer.to("cpu")  # not timed: the base DiT off the GPU while SR runs (80 GB cards)
                 bm.free_memory()
             sr_dit = self.dit(variant, seed=1)
-            sr = MagiHumanSRPipeline.from_pipe(pipe, transformer=sr_dit, scheduler=MagiHumanScheduler(sampler="unipc"))
+            sr = MagiHumanSRPipeline(**{**pipe.components, "transformer": sr_dit, "scheduler": MagiHumanScheduler(sampler="unipc")})
             sr.set_progress_bar_config(disable=True)
             sr.enable_auto_compile(pipe._auto_compile, **(pipe._auto_compile_kwargs or {}))
             sr_call = dict(
@@ -232,8 +234,9 @@ class Runner:
             enable_s = time.perf_counter() - t
             bm.free_memory()
             pipe = MagiHumanPipeline(
-                transformer=dit, scheduler=MagiHumanScheduler(sampler="dmd"), audio_vae=audio_vae, turbo_vae=turbo
-            )
+                transformer=dit, scheduler=MagiHumanScheduler(sampler="dmd"), vae=None, audio_vae=audio_vae,
+                text_encoder=None, tokenizer=None, turbo_vae=turbo,
+            )  # fmt: skip
             pipe.set_progress_bar_config(disable=True)
             self.timed(
                 lambda: pipe(**call, generator=gen(), output_type="latent"),

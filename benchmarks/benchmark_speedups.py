@@ -137,6 +137,8 @@ class Runner:
             scheduler=MagiHumanScheduler(sampler=sampler),
             vae=None,
             audio_vae=audio_vae,
+            text_encoder=None,
+            tokenizer=None,
             turbo_vae=turbo,
         )
         pipe.set_progress_bar_config(disable=True)
@@ -167,7 +169,7 @@ class Runner:
         for resolution in self.args.sr:
             variant = "sr_540p" if resolution == "540p" else "sr_1080p"
             sr_dit = self.dit(variant, 1)
-            sr = MagiHumanSRPipeline.from_pipe(pipe, transformer=sr_dit, scheduler=MagiHumanScheduler(sampler="unipc"))
+            sr = MagiHumanSRPipeline(**{**pipe.components, "transformer": sr_dit, "scheduler": MagiHumanScheduler(sampler="unipc")})
             sr.set_progress_bar_config(disable=True)
             ss = self.shapes(resolution)
             sr_call = dict(
@@ -455,7 +457,7 @@ class Runner:
                 low_audio = torch.randn(1, b["audio_frames"], 64, generator=g2).to(device)
                 outs = []
                 for model in (ref_dit, q_dit):
-                    sr = MagiHumanSRPipeline(transformer=model, scheduler=MagiHumanScheduler(sampler="unipc"), vae=None, audio_vae=None, turbo_vae=None)
+                    sr = MagiHumanSRPipeline(transformer=model, scheduler=MagiHumanScheduler(sampler="unipc"), vae=None, audio_vae=None, text_encoder=None, tokenizer=None)
                     sr.set_progress_bar_config(disable=True)
                     sr.enable_auto_compile(False)
                     outs.append(sr(prompt_embeds=embeds, latents=low, audio_latents=low_audio, height=s["height"], width=s["width"], generator=gen(), output_type="latent"))

@@ -25,7 +25,8 @@ def folders(tmp_path_factory):
         sr = MagiHumanSRPipeline(
             transformer=make_tiny_transformer(1, coords_style="v1", local_attn_layers=local),
             scheduler=MagiHumanScheduler(sampler="unipc"),
-        )
+            vae=None, audio_vae=None, text_encoder=None, tokenizer=None,
+        )  # fmt: skip
         sr.save_pretrained(root / name)
     return root
 

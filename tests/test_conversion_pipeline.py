@@ -90,11 +90,11 @@ def test_sr_folder_and_base_folder_in_sr_pipeline(tmp_path, distill_folder):
     assert rc == 0
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "MagiHumanSRPipeline" and index["vae"] == [None, None]
-    sr = MagiHumanSRPipeline.from_pretrained(out)
+    sr = MagiHumanSRPipeline.from_pretrained(out, vae=None, audio_vae=None, text_encoder=None, tokenizer=None)  # an SR folder holds DiT + scheduler
     assert sr.transformer.config.coords_style == "v1" and sr.transformer.config.local_attn_layers
     assert not sr.scheduler.is_distilled and sr.vae is None
     with pytest.raises(ValueError, match="super-resolution transformer"):
-        MagiHumanSRPipeline.from_pretrained(distill_folder)
+        MagiHumanSRPipeline.from_pretrained(distill_folder)  # bundled: every component loads
 
 
 def test_bad_component_paths_fail_before_writing(tmp_path):
@@ -128,7 +128,9 @@ def test_sr_1080p_folder_transformer_reproduces_local_attention_fixture(tmp_path
         ["--checkpoint", str(DIT / "tiny_local_seed0" / "checkpoint"), "--config", str(DIT / "tiny_local_seed0" / "config.json"),
          "--variant", "sr_1080p", "--output", str(out)]
     )  # fmt: skip
-    sr = MagiHumanSRPipeline.from_pretrained(out, vae=make_tiny_vae())  # a component passed at load time
+    sr = MagiHumanSRPipeline.from_pretrained(
+        out, vae=make_tiny_vae(), audio_vae=None, text_encoder=None, tokenizer=None
+    )  # components passed at load time
     assert sr.vae is not None
     inputs = load_file(DIT / "tiny_local_seed0" / "inputs.safetensors")
     ref = load_file(DIT / "tiny_local_seed0" / "outputs.safetensors")

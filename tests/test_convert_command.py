@@ -65,9 +65,10 @@ def test_release_converts_to_four_loadable_folders(converted):
     assert type(distill) is MagiHumanPipeline and distill.scheduler.is_distilled and distill.turbo_vae is not None
     base = MagiHumanPipeline.from_pretrained(converted / "magihuman-base")
     assert not base.scheduler.is_distilled and base.text_encoder is not None and base.audio_vae is not None
-    sr = MagiHumanSRPipeline.from_pretrained(converted / "magihuman-sr-1080p")
+    shared = dict(vae=None, audio_vae=None, text_encoder=None, tokenizer=None)  # an SR folder holds DiT + scheduler
+    sr = MagiHumanSRPipeline.from_pretrained(converted / "magihuman-sr-1080p", **shared)
     assert sr.transformer.config.local_attn_layers and sr.vae is None
-    assert not MagiHumanSRPipeline.from_pretrained(converted / "magihuman-sr-540p").transformer.config.local_attn_layers
+    assert not MagiHumanSRPipeline.from_pretrained(converted / "magihuman-sr-540p", **shared).transformer.config.local_attn_layers
     # the second bundling folder shares the first one's component files (hard links) instead of a second copy
     a = converted / "magihuman-base" / "text_encoder"
     b = converted / "magihuman-distill" / "text_encoder"
@@ -84,7 +85,7 @@ def test_each_folder_has_a_model_card(converted):
     assert "pipeline_tag: text-to-video" in cards["magihuman-distill"]
     assert "pipeline_tag: video-to-video" in cards["magihuman-sr-1080p"]
     assert "--sr 1080p --sr-model your-org/magihuman-sr-1080p" in cards["magihuman-sr-1080p"]  # the SR chain
-    assert "MagiHumanSRPipeline.from_pipe" in cards["magihuman-sr-540p"]
+    assert "MagiHumanSRPipeline(**{**pipe.components" in cards["magihuman-sr-540p"]
     assert "Stability AI Community License" in cards["magihuman-base"]  # the bundled audio VAE's own licence
     assert "Gemma Terms of Use" in cards["magihuman-base"]
     assert "Stability AI" not in cards["magihuman-sr-540p"].split("## Components")[1].split("## Limitations")[0].split("|")[-2]

@@ -27,7 +27,7 @@ def test_usage_and_credits_follow_the_variant():
     assert 'DiffusionPipeline.from_pretrained("/models/magihuman-distill"' in distill and "Gemma Terms of Use" in distill
     assert "Not bundled here: `vae`, `audio_vae`" in distill  # says how to pass the rest
     sr = model_card_text("sr_1080p", repo_id="/models/magihuman-sr-1080p", base_repo_id="/models/magihuman-distill")
-    assert "--sr 1080p --sr-model /models/magihuman-sr-1080p" in sr and "height=1088, width=1920" in sr and "from_pipe" in sr
+    assert "--sr 1080p --sr-model /models/magihuman-sr-1080p" in sr and "height=1088, width=1920" in sr and "**pipe.components" in sr
     with pytest.raises(ValueError, match="variant"):
         model_card_text("sr_720p")
     with pytest.raises(ValueError, match="Unknown components"):

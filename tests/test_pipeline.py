@@ -135,15 +135,17 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     assert type(generic) is MagiHumanPipeline
 
 
-def test_from_pipe_shares_components_without_recasting(pipe):
+def test_sr_pipeline_from_components_shares_them_without_recasting(pipe):
+    """`from_pipe` casts like any diffusers pipeline (tests/test_pipeline_conventions.py); building the SR pipeline from
+    `pipe.components` shares every component as loaded."""
     pipe.text_encoder.to(torch.bfloat16)
     before = {n: [p.dtype for p in m.parameters()] for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
     try:
         sr_dit = make_tiny_transformer(seed=1, coords_style="v1")
-        sr = MagiHumanSRPipeline.from_pipe(pipe, transformer=sr_dit)
+        sr = MagiHumanSRPipeline(**{**pipe.components, "transformer": sr_dit})
         assert sr.text_encoder is pipe.text_encoder and sr.vae is pipe.vae and sr.audio_vae is pipe.audio_vae
         assert sr.turbo_vae is pipe.turbo_vae
-        assert sr.text_encoder.dtype == torch.bfloat16  # not up-cast by from_pipe
+        assert sr.text_encoder.dtype == torch.bfloat16  # not re-cast
         after = {n: [p.dtype for p in m.parameters()] for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
         assert after == before  # nothing in the source pipeline was re-cast either
         assert sr.transformer is sr_dit
@@ -247,6 +249,9 @@ def test_size_is_snapped_down(pipe):
 def test_package_registers_with_diffusers():
     assert getattr(diffusers, "MagiHumanPipeline") is MagiHumanPipeline
     assert getattr(diffusers.pipelines, "diffusers_magihuman") is diffusers_magihuman
+    from diffusers.pipelines.pipeline_loading_utils import LOADABLE_CLASSES
+
+    assert set(LOADABLE_CLASSES["diffusers_magihuman"]) == {"ModelMixin", "SchedulerMixin", "DiffusionPipeline"}
 
 
 @pytest.mark.gpu

@@ -16,6 +16,10 @@ from diffusers_magihuman.pipelines.pipeline_magihuman_sr import MagiHumanSRPipel
 from diffusers_magihuman.schedulers.scheduling_magihuman import MagiHumanScheduler
 
 
+# The synthetic DiT runs on precomputed embeddings and returns latents: no VAEs, no text encoder.
+NO_VAES_NO_TEXT = dict(vae=None, audio_vae=None, text_encoder=None, tokenizer=None)
+
+
 # Tolerance of the loop comparisons. The loops are float32 elementwise arithmetic, and +, -, *, /, sqrt round the
 # same on every CPU; what differs: (1) CPU `randn` (Box-Muller) uses vectorised log / sin / cos on AVX2 / AVX512 and
 # libm with ATEN_CPU_CAPABILITY=default, so the same seed draws values up to ~4 ulp of |x| <= 5.5 apart (2e-6);
@@ -30,6 +34,7 @@ def _sr_pipe(calls_per_step=1):
     pipe = MagiHumanSRPipeline(
         transformer=SyntheticDiT(calls_per_step=calls_per_step, sr=True, coords_style="v1"),
         scheduler=MagiHumanScheduler(sampler="unipc"),
+        **NO_VAES_NO_TEXT,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -81,7 +86,9 @@ def test_t2v_base_then_sr540_matches_original():
     meta, t = load_fixture("loop_t2v_base_sr540")
     ctx, mask, ctx_null, mask_null = text_inputs(meta, t)
     bw, bh = meta["br_width_height_requested"]  # 48x40 -> snaps to 32x32
-    base = MagiHumanPipeline(transformer=SyntheticDiT(calls_per_step=2), scheduler=MagiHumanScheduler(sampler="unipc"))
+    base = MagiHumanPipeline(
+        transformer=SyntheticDiT(calls_per_step=2), scheduler=MagiHumanScheduler(sampler="unipc"), **NO_VAES_NO_TEXT
+    )
     base.set_progress_bar_config(disable=True)
     gen = torch.Generator().manual_seed(meta["seed"])
     low = base(
@@ -168,4 +175,4 @@ def test_sr_rejects_bad_inputs():
     with pytest.raises(ValueError, match="audio_latents"):
         sr(prompt_embeds=emb, latents=lat, output_type="latent")
     with pytest.raises(ValueError, match="super-resolution transformer"):
-        MagiHumanSRPipeline(transformer=SyntheticDiT(coords_style="v2"), scheduler=MagiHumanScheduler())
+        MagiHumanSRPipeline(transformer=SyntheticDiT(coords_style="v2"), scheduler=MagiHumanScheduler(), **NO_VAES_NO_TEXT)

@@ -781,7 +781,8 @@ def _run_generate(args, plan, device, dtype, world: int) -> int:
 
             _stage(f"loading {args.sr_model} ({args.sr} super-resolution DiT)")
             sr_dit = MagiHumanTransformer3DModel.from_pretrained(args.sr_model, subfolder="transformer", dtype=dtype)
-            sr = MagiHumanSRPipeline.from_pipe(pipe, transformer=sr_dit)
+            # Built from the base pipeline's components: shared as loaded (`from_pipe` would cast them all to float32).
+            sr = MagiHumanSRPipeline(**{**pipe.components, "transformer": sr_dit})
             if offload == "model":
                 sr.enable_model_cpu_offload(device=device)
             elif offload == "none":

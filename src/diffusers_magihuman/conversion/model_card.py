@@ -138,7 +138,7 @@ chain the output into the super-resolution folders (`output_type="latent"`, see 
     size = "height=512, width=896" if variant == "sr_540p" else "height=1088, width=1920"
     flag = "540p" if variant == "sr_540p" else "1080p"
     return f"""This folder holds the super-resolution DiT and scheduler; it refines the latent of a base-stage pipeline
-(e.g. `{base_repo_id}`), whose text encoder and VAEs it shares through `from_pipe`.
+(e.g. `{base_repo_id}`), whose text encoder and VAEs it shares, as they are loaded.
 
 ```bash
 pip install "diffusers-magihuman[video]"
@@ -149,14 +149,15 @@ magihuman generate --model {base_repo_id} --sr {flag} --sr-model {repo_id} --pro
 import torch
 import diffusers_magihuman
 from diffusers import DiffusionPipeline
-from diffusers_magihuman import MagiHumanSRPipeline, export_to_video
+from diffusers_magihuman import MagiHumanScheduler, MagiHumanSRPipeline, MagiHumanTransformer3DModel, export_to_video
 
 pipe = DiffusionPipeline.from_pretrained("{base_repo_id}", dtype=torch.bfloat16)
-sr_folder = DiffusionPipeline.from_pretrained("{repo_id}", dtype=torch.bfloat16)
+sr_dit = MagiHumanTransformer3DModel.from_pretrained("{repo_id}", subfolder="transformer", dtype=torch.bfloat16)
+sr_scheduler = MagiHumanScheduler.from_pretrained("{repo_id}", subfolder="scheduler")
 pipe.enable_model_cpu_offload()              # two 15B DiTs: keep only the running one on the GPU (80 GB card)
 prompt = {p}
 low = pipe(prompt, height=256, width=448, seconds=5, output_type="latent")
-sr = MagiHumanSRPipeline.from_pipe(pipe, transformer=sr_folder.transformer, scheduler=sr_folder.scheduler)
+sr = MagiHumanSRPipeline(**{{**pipe.components, "transformer": sr_dit, "scheduler": sr_scheduler}})  # shares the rest
 sr.enable_model_cpu_offload()
 out = sr(prompt, latents=low.frames, audio_latents=low.audio, {size})
 export_to_video(out.frames[0], "hello_{flag}.mp4", fps=25, audio=out.audio[0], audio_sample_rate=sr.audio_sample_rate)
@@ -211,8 +212,8 @@ def model_card_text(
         missing_note = ""
     elif variant.startswith("sr_"):
         missing_note = (
-            "\nThe SR folder carries no text encoder or VAEs of its own unless they were bundled: `from_pipe` shares "
-            "the base pipeline's.\n"
+            "\nThe SR folder carries no text encoder or VAEs of its own unless they were bundled: the SR pipeline shares "
+            "the base pipeline's (`MagiHumanSRPipeline(**{**pipe.components, \"transformer\": sr_dit})`).\n"
         )
     elif missing:
         missing_note = (

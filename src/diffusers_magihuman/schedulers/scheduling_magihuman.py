@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from diffusers.configuration_utils import FrozenDict, register_to_config
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  (diffusers' loader looks it up here for folders naming this module)
 from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 from diffusers.utils import logging
