@@ -99,6 +99,14 @@ def test_auto_compile_only_on_cuda_and_only_once(monkeypatch):
     pipe._maybe_auto_compile(torch.device("cuda"))
     assert [b._compiled_call_impl for b in pipe.transformer.blocks] == compiled
 
+    # ... except for long sequences (1080p SR), where eager is slower and needs more memory: compiled at once.
+    long = make_tiny_pipeline(seed=0)
+    long._maybe_auto_compile(torch.device("cuda"), num_video_tokens=long._EAGER_FIRST_CALL_MAX_TOKENS - 1)
+    assert not any(_is_compiled(b) for b in long.transformer.blocks)
+    long2 = make_tiny_pipeline(seed=0)
+    long2._maybe_auto_compile(torch.device("cuda"), num_video_tokens=long2._EAGER_FIRST_CALL_MAX_TOKENS)
+    assert all(_is_compiled(b) for b in long2.transformer.blocks)
+
     off = make_tiny_pipeline(seed=0)
     off.enable_auto_compile(False)
     off._maybe_auto_compile(torch.device("cuda"))
