@@ -114,3 +114,30 @@ def test_faster_cache_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="FasterCache does not work"):
         model.enable_cache(FasterCacheConfig(spatial_attention_block_skip_range=2, current_timestep_callback=lambda: 500))
     assert not model.is_cache_enabled
+
+
+def test_pyramid_attention_broadcast_with_guidance_is_refused_before_any_step():
+    """PAB keeps one state per attention module, so the unconditional pass would reuse the conditional pass's
+    attention; with guidance on the pipeline refuses it before the DiT runs, without guidance it runs."""
+    from diffusers.hooks import PyramidAttentionBroadcastConfig
+
+    from diffusers_magihuman.testing_utils import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(seed=0, distilled=False)
+    pipe.transformer.enable_cache(
+        PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2,
+            spatial_attention_timestep_skip_range=(-1, 1001),
+            spatial_attention_block_identifiers=[r"^blocks\.\d+\.attn$"],
+            current_timestep_callback=lambda: pipe.current_timestep,
+        )
+    )
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="Pyramid Attention Broadcast"):
+        pipe("A man waves.", height=32, width=32, num_frames=5, num_inference_steps=2, guidance_scale=5.0,
+             output_type="latent")  # fmt: skip
+    assert calls == []
+    out = pipe("A man waves.", height=32, width=32, num_frames=5, num_inference_steps=2, guidance_scale=1.0,
+               audio_guidance_scale=1.0, output_type="latent")  # fmt: skip
+    assert calls and torch.isfinite(out.frames).all()

@@ -665,6 +665,22 @@ class MagiHumanPipelineMixin:
             return (frames, audio)
         return MagiHumanPipelineOutput(frames=frames, audio=audio)
 
+    def _check_cache_with_guidance(self) -> None:
+        """Pyramid Attention Broadcast keeps one cached attention output per attention module, not one per cache
+        context: with classifier-free guidance the unconditional pass would reuse the conditional pass's attention
+        (guidance silently off), or fail when the two prompts have different lengths. Refused before any step."""
+        config = getattr(self.transformer, "_cache_config", None)
+        if config is None or not self._do_cfg:
+            return
+        from diffusers.hooks import PyramidAttentionBroadcastConfig
+
+        if isinstance(config, PyramidAttentionBroadcastConfig):
+            raise ValueError(
+                "Pyramid Attention Broadcast cannot be combined with classifier-free guidance here: its cached attention "
+                "is shared by the conditional and unconditional passes. Use guidance_scale=1.0 (e.g. the distilled "
+                "model), or FirstBlockCacheConfig / MagCacheConfig / TaylorSeerCacheConfig, which keep one state per pass."
+            )
+
     # ------------------------------------------------------------------ schedulers (ours or stock flow ones)
     def _uses_distilled_rule(self, scheduler=None) -> bool:
         """Whether the scheduler steps with the DMD-2 rule. Only a [`MagiHumanScheduler`] with `sampler="dmd"` does;
