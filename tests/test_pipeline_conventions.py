@@ -437,3 +437,16 @@ def test_required_components_left_out_of_a_folder_are_passed_as_none(base_pipe, 
     full.set_progress_bar_config(disable=True)
     a = base_pipe(PROMPT, num_inference_steps=1, generator=_gen(), **KW)
     torch.testing.assert_close(full(PROMPT, num_inference_steps=1, generator=_gen(), **KW).frames, a.frames, rtol=0, atol=0)
+
+
+def test_load_lora_weights_without_lora_keys_leaves_the_model_unchanged():
+    """A state dict with no LoRA keys loads nothing (diffusers logs it) instead of failing inside PEFT."""
+    from diffusers_magihuman.testing_utils import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(seed=0)
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    t = torch.zeros(4, 4)
+    pipe.load_lora_weights({"lora_foo": t, "lora_bar": t})
+    after = pipe.transformer.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not getattr(pipe.transformer, "peft_config", None)

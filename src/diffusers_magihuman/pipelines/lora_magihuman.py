@@ -19,8 +19,8 @@ from diffusers.loaders.lora_pipeline import Mochi1LoraLoaderMixin
 class MagiHumanLoraLoaderMixin(Mochi1LoraLoaderMixin):
     r"""
     LoRA for the MagiHuman pipelines: adapters live on the `transformer` only, in diffusers/peft key format
-    (`transformer.blocks.{i}.attn.to_qkv_video.lora_A.weight`, ...). Every expert projection is an `nn.Linear`, so an
-    adapter can target a single modality (`to_qkv_video`) or all of them (`to_qkv`, ...).
+    (`transformer.blocks.{i}.attn.video.to_q.lora_A.weight`, ...). Every expert projection is an `nn.Linear`, so an
+    adapter can target a single modality (`video.to_q`) or every projection (`["to_q", "to_k", "to_v", "to_out.0"]`).
 
     diffusers' transformer-only mixin (written for Mochi, with no key conversion) already does exactly this; we reuse
     it as is rather than copy its methods. Fusing rounds into the bf16 block weights.
@@ -38,7 +38,9 @@ class MagiHumanLoraLoaderMixin(Mochi1LoraLoaderMixin):
         out = super().lora_state_dict(pretrained_model_name_or_path_or_dict, **kwargs)
         state_dict = out[0] if isinstance(out, tuple) else out
         prefix = f"{cls.transformer_name}."
-        if state_dict and not any(k.startswith(prefix) for k in state_dict):
+        # A bare PEFT state dict (`transformer.save_lora_adapter`) gets the component prefix; a dict without LoRA keys
+        # is passed on unchanged, so diffusers logs that no LoRA keys were found instead of failing inside PEFT.
+        if state_dict and not any(k.startswith(prefix) for k in state_dict) and any(".lora_" in k for k in state_dict):
             state_dict = {prefix + k: v for k, v in state_dict.items()}
             if isinstance(out, tuple):
                 metadata = out[1] if len(out) > 1 else None
