@@ -326,7 +326,8 @@ def test_save_load_round_trip(tmp_path):
     saved = json.loads((tmp_path / "scheduler_config.json").read_text())
     assert saved["_class_name"] == "MagiHumanScheduler"
     assert saved["sampler"] == "dmd" and saved["shift"] == 3.0
-    assert "flow_shift" not in saved and "beta_start" not in saved  # derived UniPC settings are not stored
+    # The derived stock flow keys are stored too (for stock classes' from_pretrained); other UniPC settings are not.
+    assert saved["flow_shift"] == 3.0 and saved["stochastic_sampling"] is True and "beta_start" not in saved
     loaded = MagiHumanScheduler.from_pretrained(tmp_path)
     assert loaded.is_distilled and loaded.config.shift == 3.0 and loaded.config.flow_shift == 3.0
     s.set_timesteps(8)
@@ -341,7 +342,7 @@ def test_from_config_switches_sampler(tmp_path):
     back = MagiHumanScheduler.from_config(distilled.config, sampler="unipc", shift=7.0)
     assert not back.is_distilled and back.config.flow_shift == 7.0  # derived settings follow `shift`
     back.save_pretrained(tmp_path)
-    assert "flow_shift" not in json.loads((tmp_path / "scheduler_config.json").read_text())
+    assert json.loads((tmp_path / "scheduler_config.json").read_text())["flow_shift"] == 7.0  # saved copy follows `shift`
     # A step with the switched rule behaves as the DMD rule: deterministic given the noise.
     distilled.set_timesteps(8)
     x, v, n = torch.randn(3, 2), torch.randn(3, 2), torch.randn(3, 2)

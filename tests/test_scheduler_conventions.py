@@ -49,6 +49,7 @@ from diffusers_magihuman.schedulers.scheduling_utils_magihuman import (
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream_pipeline"
 OWN_KEYS = {"num_train_timesteps", "shift", "solver_order", "sampler", "solver_type", "lower_order_final", "disable_corrector"}
+FLOW_KEYS = {"prediction_type", "use_flow_sigmas", "flow_shift", "final_sigmas_type", "stochastic_sampling"}
 CONFIGS = [
     {},
     {"sampler": "dmd", "shift": 3.0},
@@ -81,8 +82,8 @@ def test_save_pretrained_round_trip(tmp_path, kwargs):
     s = MagiHumanScheduler(**kwargs)
     s.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "scheduler_config.json").read_text())
-    # Only MagiHuman fields are written: no stock UniPC settings that could go stale.
-    assert {k for k in saved if not k.startswith("_")} == OWN_KEYS
+    # MagiHuman fields plus the stock flow keys derived from them; no other stock UniPC settings.
+    assert {k for k in saved if not k.startswith("_")} == OWN_KEYS | FLOW_KEYS
     loaded = MagiHumanScheduler.from_pretrained(tmp_path)
     assert _config(loaded) == _config(s)
     x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
@@ -98,6 +99,30 @@ def test_from_config_round_trip_has_no_silent_changes(kwargs):
     assert _config(again) == _config(s)
     for key, value in kwargs.items():
         assert again.config[key] == value
+
+
+@pytest.mark.parametrize("sampler", ["unipc", "dmd"])
+def test_stock_classes_load_a_saved_magihuman_folder(tmp_path, sampler):
+    """`UniPCMultistepScheduler.from_pretrained(checkpoint, subfolder="scheduler")` (and FlowMatchEuler's) read this
+    checkpoint's schedule; before the derived keys were saved they silently gave an epsilon UniPC with shift 1."""
+    MagiHumanScheduler(shift=7.0, sampler=sampler).save_pretrained(tmp_path)
+    unipc = UniPCMultistepScheduler.from_pretrained(tmp_path)
+    assert unipc.config.prediction_type == "flow_prediction" and unipc.config.use_flow_sigmas
+    assert unipc.config.flow_shift == 7.0 and unipc.config.final_sigmas_type == "zero"
+    check_scheduler(unipc)
+    fme = FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path)
+    assert fme.config.shift == 7.0 and fme.config.stochastic_sampling == (sampler == "dmd")
+
+
+def test_edited_derived_key_in_a_saved_folder_is_refused(tmp_path):
+    MagiHumanScheduler(shift=7.0).save_pretrained(tmp_path)
+    path = tmp_path / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    config["flow_shift"] = 3.0
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="flow_shift"):
+        MagiHumanScheduler.from_pretrained(tmp_path)
+    assert MagiHumanScheduler.from_pretrained(tmp_path, shift=4.0).config.shift == 4.0  # an explicit argument wins
 
 
 def test_config_exposes_stock_flow_keys_without_none_placeholders():

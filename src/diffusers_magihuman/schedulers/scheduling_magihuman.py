@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import math
 from numbers import Integral, Real
 from typing import Literal
@@ -146,8 +147,9 @@ class MagiHumanScheduler(UniPCMultistepScheduler):
     Config and other schedulers: `scheduler.config` holds the fields below plus the keys stock flow schedulers read
     (`prediction_type="flow_prediction"`, `use_flow_sigmas=True`, `flow_shift` = `shift`, `final_sigmas_type="zero"`,
     `stochastic_sampling` = `sampler == "dmd"`), so `UniPCMultistepScheduler.from_config(scheduler.config)` and
-    `FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)` give the matching stock flow scheduler. Only the
-    fields below are written to `scheduler_config.json`. `MagiHumanScheduler.from_config` reads a stock flow config the
+    `FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)` give the matching stock flow scheduler.
+    `scheduler_config.json` holds the fields below plus those derived keys, so the stock classes' `from_pretrained`
+    reads a checkpoint's schedule too. `MagiHumanScheduler.from_config` reads a stock flow config the
     other way round (`flow_shift` becomes `shift`, `stochastic_sampling=True` becomes `sampler="dmd"`) and refuses
     settings this model cannot sample with (epsilon prediction, dynamic shifting, Karras sigmas, `solver_type="bh1"`...).
 
@@ -254,7 +256,7 @@ class MagiHumanScheduler(UniPCMultistepScheduler):
     @property
     def config(self) -> FrozenDict:
         """The registered config plus the derived stock flow keys (`prediction_type`, `use_flow_sigmas`, `flow_shift`,
-        `final_sigmas_type`, `stochastic_sampling`); only the registered fields are saved by `save_config`."""
+        `final_sigmas_type`, `stochastic_sampling`); `save_config` writes both (see `to_json_string`)."""
         internal = self._internal_dict
         cached = self.__dict__.get("_config_cache")
         # The inherited UniPC code reads `self.config` ~20 times a step: rebuild only when the registered dict changed
@@ -276,6 +278,16 @@ class MagiHumanScheduler(UniPCMultistepScheduler):
         # `extract_init_dict`; never store copies of them (diffusers keeps a compatible class's keys as "hidden"
         # config entries), so that a saved config holds only MagiHuman fields and cannot go stale.
         super().register_to_config(**{k: v for k, v in kwargs.items() if k not in _STOCK_ONLY_KEYS})
+
+    def to_json_string(self) -> str:
+        """The saved config: our fields plus the derived stock flow keys (`prediction_type`, `use_flow_sigmas`,
+        `flow_shift`, `final_sigmas_type`, `stochastic_sampling`), so that `UniPCMultistepScheduler.from_pretrained`
+        and `FlowMatchEulerDiscreteScheduler.from_pretrained` on a checkpoint's `scheduler/` folder sample its schedule
+        (without them a stock class would load an epsilon UniPC with `flow_shift=1.0`). Our own loader reads our
+        fields and refuses a file whose derived keys were edited to disagree with them."""
+        config = json.loads(super().to_json_string())
+        config.update(self._flow_keys())
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
@@ -320,6 +332,22 @@ class MagiHumanScheduler(UniPCMultistepScheduler):
             if own_key in given:
                 return given[own_key]
             return inspect.Parameter.empty
+
+        if source == cls.__name__:
+            # Our own saved file: the derived stock keys are copies of our fields, written for stock classes.
+            for own_key, stock_key, to_own in (
+                ("shift", "flow_shift", lambda v: v),
+                ("sampler", "stochastic_sampling", lambda v: "dmd" if v else "unipc"),
+            ):
+                if own_key in kwargs or stock_key in kwargs or own_key not in given or stock_key not in given:
+                    continue
+                if to_own(given[stock_key]) != given[own_key]:
+                    raise ValueError(
+                        f"This MagiHumanScheduler config has `{own_key}={given[own_key]!r}` but `{stock_key}="
+                        f"{given[stock_key]!r}`; `{stock_key}` is a copy of `{own_key}` written for stock schedulers "
+                        f"and must agree with it. Edit both, or re-save with `save_pretrained`."
+                    )
+                given.pop(stock_key)
 
         resolved = {
             "shift": resolve("shift", "flow_shift", lambda v: v),
