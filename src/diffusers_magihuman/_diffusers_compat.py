@@ -96,25 +96,11 @@ def register_with_diffusers() -> None:
 def register_local_flash_attention_4() -> bool:
     """Point diffusers' `flash_4_hub` attention backend at a locally installed FlashAttention-4 (`flash_attn.cute`).
 
-    diffusers 0.42 has no local FA4 backend, only `flash_4_hub`, which downloads its kernel from the Hub at first use.
-    With the `flash-attn-4` wheels installed (see docs/performance.md), this makes
-    `transformer.set_attention_backend("flash_4_hub")` use them without any download. Returns `False` (and changes
-    nothing) when FA4 or the private registry is not available.
+    Kept for earlier scripts; it is `register_magihuman_extensions(flash_4_hub_uses_local_fa4=True)`. Prefer
+    `transformer.set_attention_backend("magihuman_flash_4")`, which needs no registry change. Returns `False` (and
+    changes nothing) when FA4 or the private registry is not available.
     """
-    try:
-        from flash_attn.cute import flash_attn_func
-    except Exception:  # not installed, or no CUDA
-        return False
-    try:
-        from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
-    except ImportError:  # pragma: no cover - diffusers internals moved
-        logger.warning("This diffusers version has no `_HUB_KERNELS_REGISTRY`; cannot register local FA4.")
-        return False
-    entry = _HUB_KERNELS_REGISTRY.get(AttentionBackendName.FLASH_4_HUB)
-    if entry is None or not hasattr(entry, "kernel_fn"):
-        return False
-    entry.kernel_fn = flash_attn_func
-    return True
+    return register_magihuman_extensions(flash_4_hub_uses_local_fa4=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
