@@ -80,10 +80,14 @@ def test_auto_compile_only_on_cuda_and_only_once(monkeypatch):
     pipe = make_tiny_pipeline(seed=0)
     pipe._maybe_auto_compile(torch.device("cpu"))
     assert not any(_is_compiled(b) for b in pipe.transformer.blocks)
-    # Default policy: the first CUDA call of a process stays eager (a one-shot run pays no compile) ...
-    pipe._maybe_auto_compile(torch.device("cuda"))
+    # Default policy: the first CUDA call of a process stays eager, every forward of it (a one-shot run pays no
+    # compile) ...
+    pipe._begin_call()
+    for _ in range(8):
+        pipe._maybe_auto_compile(torch.device("cuda"))
     assert not any(_is_compiled(b) for b in pipe.transformer.blocks)
-    # ... the second compiles (compilation is lazy: nothing runs on a GPU here).
+    # ... the second call compiles at its first forward (compilation is lazy: nothing runs on a GPU here).
+    pipe._begin_call()
     pipe._maybe_auto_compile(torch.device("cuda"))
     assert all(_is_compiled(b) for b in pipe.transformer.blocks)
     assert torch._dynamo.config.cache_size_limit == limit  # raised only around the DiT call, never process-wide

@@ -536,7 +536,7 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
 
         self._guidance_scale = guidance_scale
         self._do_cfg = guidance_scale > 1.0
-        self._check_cache_with_guidance()
+        self._begin_call()
         self._attention_kwargs = attention_kwargs
         self._interrupt = False
         self._current_timestep = None

@@ -241,8 +241,13 @@ class MagiHumanPipelineMixin:
             return
         if device.type != "cuda" or torch.compiler.is_compiling():
             return
-        calls = getattr(transformer, "_magihuman_cuda_calls", 0) + 1
-        transformer._magihuman_cuda_calls = calls
+        # Count pipeline calls, not DiT forwards: `_begin_call` marks the start of each `__call__`, and only the first
+        # forward of a call counts it (counting forwards would compile at the second forward of the first call).
+        calls = getattr(transformer, "_magihuman_cuda_calls", 0)
+        if self.__dict__.get("_auto_compile_new_call", True):
+            calls += 1
+            transformer._magihuman_cuda_calls = calls
+            self._auto_compile_new_call = False
         if mode == "auto" and calls < 2 and num_video_tokens < self._EAGER_FIRST_CALL_MAX_TOKENS:
             return  # a one-shot run stays eager: compiling would cost more than it saves
         transformer._magihuman_compile_checked = True
@@ -664,6 +669,12 @@ class MagiHumanPipelineMixin:
         if not return_dict:
             return (frames, audio)
         return MagiHumanPipelineOutput(frames=frames, audio=audio)
+
+    def _begin_call(self) -> None:
+        """Start of a `__call__` (after its inputs are checked): refuses cache/guidance combinations that cannot work
+        and marks a new call for the automatic compile policy."""
+        self._check_cache_with_guidance()
+        self._auto_compile_new_call = True
 
     def _check_cache_with_guidance(self) -> None:
         """Pyramid Attention Broadcast keeps one cached attention output per attention module, not one per cache
