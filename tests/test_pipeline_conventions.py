@@ -450,3 +450,22 @@ def test_load_lora_weights_without_lora_keys_leaves_the_model_unchanged():
     after = pipe.transformer.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert not getattr(pipe.transformer, "peft_config", None)
+
+
+def test_stochastic_flow_match_euler_is_treated_as_the_distilled_rule():
+    """diffusers' FlowMatchEuler with stochastic sampling is the DMD-2 re-noising rule: the pipeline samples it
+    without guidance (8 steps by default) and refuses guidance > 1 before any step, as with MagiHumanScheduler(dmd)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    from diffusers_magihuman.testing_utils import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(seed=0, distilled=True)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(stochastic_sampling=True, shift=5.0)
+    assert pipe._uses_distilled_rule()
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="samples without guidance"):
+        pipe("A man waves.", height=32, width=32, num_frames=5, guidance_scale=5.0, output_type="latent")
+    assert calls == []
+    pipe.scheduler = UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=5.0)
+    assert not pipe._uses_distilled_rule()

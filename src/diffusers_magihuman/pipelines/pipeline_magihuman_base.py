@@ -694,12 +694,13 @@ class MagiHumanPipelineMixin:
 
     # ------------------------------------------------------------------ schedulers (ours or stock flow ones)
     def _uses_distilled_rule(self, scheduler=None) -> bool:
-        """Whether the scheduler steps with the DMD-2 rule. Only a [`MagiHumanScheduler`] with `sampler="dmd"` does;
-        stock flow schedulers (UniPC with `use_flow_sigmas`, FlowMatchEuler) sample like the base model."""
-        from ..schedulers.scheduling_magihuman import MagiHumanScheduler
+        """Whether the scheduler steps with the re-noising (DMD-2 distilled) rule: a [`MagiHumanScheduler`] with
+        `sampler="dmd"`, or diffusers' `FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)` (the same rule).
+        Such a scheduler samples without guidance and defaults to 8 steps; other stock flow schedulers (UniPC with
+        `use_flow_sigmas`, deterministic FlowMatchEuler) sample like the base model."""
+        from ..schedulers.scheduling_utils_magihuman import is_distilled_scheduler
 
-        scheduler = self.scheduler if scheduler is None else scheduler
-        return isinstance(scheduler, MagiHumanScheduler) and bool(scheduler.is_distilled)
+        return is_distilled_scheduler(self.scheduler if scheduler is None else scheduler)
 
     @staticmethod
     def _set_timesteps(scheduler, num_inference_steps, device, sigmas=None, timesteps=None):
