@@ -205,6 +205,18 @@ def param_bytes(module: torch.nn.Module) -> int:
     )
 
 
+def cap_memory(device, cap_gib: float) -> dict:
+    """Cap a card larger than `cap_gib` (an H200) with `set_per_process_memory_fraction`, so peaks are an 80 GB H100's."""
+    if device.type != "cuda":
+        return {}
+    total = torch.cuda.get_device_properties(device).total_memory
+    info = {"gpu": torch.cuda.get_device_name(device), "gpu_total_gib": round(total / (1024**3), 1)}
+    if total > cap_gib * (1024**3) * 1.02:
+        torch.cuda.set_per_process_memory_fraction(cap_gib * (1024**3) / total, torch.cuda.current_device())
+        info["capped_to_gib"] = cap_gib
+    return info
+
+
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))

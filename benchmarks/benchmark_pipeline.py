@@ -26,7 +26,8 @@ either), Turbo-VAE decode, Oobleck audio decode, `output_type="np"`:
   as in the original's table (base 1.6 s + SR 5.1 / 31.0 s + Turbo-VAE 1.3 / 5.8 s on an H100).
 
 Each is timed on its second call (the first compiles) and split into stages with `output_type="latent"` calls. Peak
-GPU memory is reported per call. `--group-offload-resident N,M` also runs the 256p pipeline with the DiT under group
+GPU memory is reported per call; a card larger than `--cap-gib` (an H200) is capped to it, so memory numbers are an
+80 GB H100's. `--fp8` runs the DiTs with FP8 block linears (`diffusers_magihuman.utils.fp8`). `--group-offload-resident N,M` also runs the 256p pipeline with the DiT under group
 offload (CUDA streams) keeping N layers resident, with the resident layers compiled.
 """
 
@@ -74,7 +75,9 @@ class Runner:
             "fa4": bm.install_fa4() or "available",
             "seconds": args.seconds,
             "text_tokens": args.text_tokens,
+            "fp8": args.fp8,
         }
+        self.meta.update(bm.cap_memory(self.device, args.cap_gib))
         self.t0 = time.time()
 
     def record(self, **row):
@@ -112,11 +115,19 @@ class Runner:
         self.record(**row)
         return out, row
 
+    def dit(self, variant: str, seed: int):
+        model = bm.build_dit(variant, self.device, self.args.tiny, pad=8, seed=seed)
+        if self.args.fp8:  # opt-in FP8 compute of the block linears (torchao, SM 8.9+)
+            from diffusers_magihuman.utils.fp8 import enable_fp8_compute
+
+            enable_fp8_compute(model)
+        return model
+
     def run(self):
         args, device, tiny = self.args, self.device, self.args.tiny
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         shapes = bm.clip_shapes("256p", args.seconds, tiny)
-        base_dit = bm.build_dit("distill", device, tiny, pad=8, seed=0)
+        base_dit = self.dit("distill", seed=0)
         turbo = bm.build_turbo_vae(device, tiny, dtype)
         audio_vae = build_audio_vae(device, tiny)
         pipe = MagiHumanPipeline(
@@ -163,7 +174,7 @@ class Runner:
             if args.offload_base_for_sr:
                 pipe.transformer.to("cpu")  # not timed: the base DiT off the GPU while SR runs (80 GB cards)
                 bm.free_memory()
-            sr_dit = bm.build_dit(variant, device, tiny, pad=8, seed=1)
+            sr_dit = self.dit(variant, seed=1)
             sr = MagiHumanSRPipeline.from_pipe(pipe, transformer=sr_dit, scheduler=MagiHumanScheduler(sampler="unipc"))
             sr.set_progress_bar_config(disable=True)
             sr.enable_auto_compile(pipe._auto_compile, **(pipe._auto_compile_kwargs or {}))
@@ -244,6 +255,8 @@ def main(argv=None):
     parser.add_argument("--compile-backend", default=None, help="e.g. aot_eager for a CPU dry run")
     parser.add_argument("--offload-base-for-sr", action="store_true", help="base DiT to the CPU while SR runs")
     parser.add_argument("--group-offload-resident", default="", help="e.g. 20,24: group-offload tiers at 256p")
+    parser.add_argument("--fp8", action="store_true", help="FP8 compute for the DiTs' block linears (torchao, SM 8.9+)")
+    parser.add_argument("--cap-gib", type=float, default=79.0, help="cap a larger card to this many GiB (default 79)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     args.sr = [x for x in args.sr.split(",") if x]

@@ -508,3 +508,89 @@ def test_scheduler_step_passes_the_generator_only_where_accepted():
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
     out = scheduler_step(stock, _velocity(x, 0), stock.timesteps[0], x, generator=torch.Generator().manual_seed(0))
     assert out.shape == x.shape
+
+
+# --------------------------------------------------------------------------- SchedulerCommonTest leftovers
+def test_deprecated_kwargs_convention():
+    """SchedulerCommonTest.test_deprecated_kwargs: `**kwargs` in `__init__` iff `_deprecated_kwargs` is declared."""
+    has_kwargs = "kwargs" in inspect.signature(MagiHumanScheduler.__init__).parameters
+    assert has_kwargs == bool(getattr(MagiHumanScheduler, "_deprecated_kwargs", []))
+
+
+@pytest.mark.parametrize("solver_order", [1, 2, 3])
+@pytest.mark.parametrize("num_train_timesteps", [250, 999, 1000])
+def test_reloaded_scheduler_continues_a_run_identically(tmp_path, solver_order, num_train_timesteps):
+    """SchedulerCommonTest.check_over_configs: a scheduler rebuilt from its saved config, given the same multistep
+    history, makes the same steps (the history is state, not config)."""
+    s = MagiHumanScheduler(solver_order=solver_order, num_train_timesteps=num_train_timesteps)
+    s.set_timesteps(10)
+    s.save_config(tmp_path)
+    loaded = MagiHumanScheduler.from_pretrained(tmp_path)
+    loaded.set_timesteps(10)
+    assert torch.equal(loaded.timesteps, s.timesteps) and torch.equal(loaded.sigmas, s.sigmas)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    residual = 0.1 * x
+    history = [residual + 0.2, residual + 0.15, residual + 0.1][:solver_order]
+    outputs = []
+    for scheduler in (s, loaded):
+        scheduler.model_outputs = list(history)
+        scheduler.set_begin_index(5)
+        y = x.clone()
+        for t in scheduler.timesteps[5 : 5 + solver_order + 1]:
+            y = scheduler.step(residual, t, y).prev_sample
+        outputs.append(y)
+    assert torch.isfinite(outputs[0]).all() and torch.equal(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("sampler", ["unipc", "dmd"])
+@pytest.mark.parametrize("shape", [(4, 3, 8), (4, 3, 8, 8)], ids=["1d", "2d"])
+def test_full_loop_on_image_and_sequence_shaped_samples(sampler, shape):
+    """The stock UniPC test's full loops (its 1-D variant too), on this scheduler's flow grid: finite, same shape and
+    dtype, and the last step lands on the x0 prediction (sigma_N = 0)."""
+    s = MagiHumanScheduler(sampler=sampler)
+    s.set_timesteps(10)
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    for k, t in enumerate(s.timesteps):
+        v = _velocity(x, k)
+        x_prev, x = x, s.step(v, t, x, generator=g).prev_sample
+    assert x.shape == shape and x.dtype == torch.float32 and torch.isfinite(x).all()
+    if sampler == "dmd":
+        # DMD-2 at sigma_N = 0: x_N = x0 = x_{N-1} - sigma_{N-1} * v exactly (the noise term has weight 0).
+        torch.testing.assert_close(x, x_prev - s.sigmas[-2] * v, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- scheduler swap in the pipeline
+@pytest.mark.parametrize("distilled", [False, True], ids=["base_unipc", "distilled_dmd"])
+def test_scheduler_swap_in_the_pipeline_reproduces_ours_on_the_model_grid(distilled):
+    """`pipe.scheduler = Stock.from_config(pipe.scheduler.config)` plus `sigmas=magihuman_sigmas(N)` samples exactly
+    what MagiHumanScheduler samples: stock flow UniPC for the base rule, stochastic FlowMatchEuler (guidance off, as
+    the distilled checkpoint samples) for the DMD-2 rule. Transformer only, with precomputed text embeddings."""
+    from diffusers_magihuman import MagiHumanPipeline
+    from diffusers_magihuman.testing_utils import TINY_TEXT_DIM, make_tiny_transformer
+
+    pipe = MagiHumanPipeline(
+        transformer=make_tiny_transformer(0),
+        scheduler=MagiHumanScheduler(sampler="dmd" if distilled else "unipc"),
+        vae=None, audio_vae=None, text_encoder=None, tokenizer=None,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(0)
+    embeds = {"prompt_embeds": torch.randn(1, 6, TINY_TEXT_DIM, generator=g)}
+    if not distilled:
+        embeds["negative_prompt_embeds"] = torch.randn(1, 4, TINY_TEXT_DIM, generator=g)
+    kw = dict(height=32, width=32, num_frames=5, output_type="latent", **embeds)
+    ours = pipe(num_inference_steps=3, generator=torch.Generator().manual_seed(0), **kw)
+    stock_cls = FlowMatchEulerDiscreteScheduler if distilled else UniPCMultistepScheduler
+    pipe.scheduler = stock_cls.from_config(pipe.scheduler.config)
+    assert is_distilled_scheduler(pipe.scheduler) == distilled
+    guidance = dict(guidance_scale=1.0, audio_guidance_scale=1.0) if distilled else {}
+    stock = pipe(sigmas=magihuman_sigmas(3), generator=torch.Generator().manual_seed(0), **guidance, **kw)
+    if distilled:
+        # FlowMatchEuler shifts the grid in float32 (ours in float64): sigmas differ by ~1 ulp (6e-8), which the DiT
+        # and three re-noising steps carry to a few 1e-7 on latents of size ~3 (measured 4.8e-7); bound 10x.
+        torch.testing.assert_close(stock.frames, ours.frames, rtol=0, atol=5e-6)
+        torch.testing.assert_close(stock.audio, ours.audio, rtol=0, atol=5e-6)
+    else:
+        # MagiHumanScheduler *is* stock flow UniPC on this grid: the same float32 ops, bit-identical.
+        assert torch.equal(stock.frames, ours.frames) and torch.equal(stock.audio, ours.audio)

@@ -46,7 +46,9 @@ __all__ = [
     "export_to_video",
 ]
 
+from ._diffusers_compat import register_magihuman_extensions as _register_extensions  # noqa: E402
 from ._diffusers_compat import register_with_diffusers as _register  # noqa: E402
 
 
 _register()
+_register_extensions()

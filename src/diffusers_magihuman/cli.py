@@ -381,6 +381,41 @@ def _rescue_path(output: str) -> str:
     return candidate
 
 
+def torchrun_world_size() -> int:
+    """The number of processes `torchrun` started for this command (1 when not under torchrun)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def _check_parallel_degree(degree: int, args, world: int) -> None:
+    """Context parallelism splits the attention heads over the ranks (Ulysses): the degree must divide the query and
+    key/value heads of every DiT, and each rank needs its own GPU."""
+    folders = [("--model", args.model)] + ([("--sr-model", args.sr_model)] if args.sr_model else [])
+    for flag, folder in folders:
+        path = os.path.join(folder, "transformer", "config.json")
+        if not os.path.isfile(path):
+            continue
+        config = _load_json(path)
+        heads, kv_heads = config.get("num_attention_heads", 1), config.get("num_key_value_heads", 1)
+        if heads % degree or kv_heads % degree:
+            valid = [n for n in range(1, kv_heads + 1) if heads % n == 0 and kv_heads % n == 0]
+            raise UsageError(
+                f"{degree} GPUs cannot split the DiT of {flag} {folder!r} ({heads} heads, {kv_heads} key/value heads); "
+                f"use --gpus in {valid}."
+            )
+    if args.device == "cpu":
+        if world == 1:
+            raise UsageError("--gpus N runs one process per GPU; with --device cpu run one process (drop --gpus).")
+        return
+    import torch
+
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available < degree:
+        raise UsageError(f"{degree} GPUs requested but {available} CUDA device(s) are visible; use --gpus {max(available, 1)}.")
+
+
 def plan_generate(args) -> dict:
     """Checks every argument, input file and output path of `generate`; loads no weights. Returns the plan."""
     from .utils.prompt import check_prompt
@@ -419,6 +454,14 @@ def plan_generate(args) -> dict:
         raise UsageError(f"--resident-blocks must be >= 0, got {args.resident_blocks}.")
     if args.resident_blocks and args.offload != "group":
         raise UsageError("--resident-blocks applies to --offload group only.")
+    world = torchrun_world_size()
+    if args.gpus < 1:
+        raise UsageError(f"--gpus must be >= 1, got {args.gpus}.")
+    if world > 1 and args.gpus not in (1, world):
+        raise UsageError(f"--gpus {args.gpus} but torchrun started {world} processes; drop --gpus under torchrun.")
+    parallel = max(world, args.gpus)
+    if parallel > 1 and args.offload not in ("auto", "none", "stage"):
+        raise UsageError(f"--offload {args.offload} cannot be combined with several GPUs; use auto, none or stage.")
     for name in ("guidance_scale", "audio_guidance_scale", "sr_guidance_scale"):
         value = getattr(args, name)
         if value is not None and value < 1.0:
@@ -450,6 +493,8 @@ def plan_generate(args) -> dict:
                 f"--model {args.model!r} has no {name} (needed to {why}); convert it with the component bundled "
                 "(`magihuman convert --text-encoder ... --audio-vae ...`)."
             )
+    if parallel > 1:
+        _check_parallel_degree(parallel, args, world)
     sr_index = None
     if args.sr is not None:
         if args.sr_model is None:
@@ -575,8 +620,13 @@ def _quiet_third_party():
             std_logging.getLogger(name).setLevel(level)
 
 
+# This process's rank under torchrun (set by `_init_distributed`); only rank 0 prints stage lines and writes files.
+_RANK = 0
+
+
 def _stage(message: str) -> None:
-    print(f"[magihuman] {message}", flush=True)
+    if _RANK == 0:
+        print(f"[magihuman] {message}", flush=True)
 
 
 def _resolve_device_dtype(args):
@@ -647,6 +697,9 @@ def run_generate(args) -> int:
         _stage(f"dry run: all inputs and outputs check out ({n} video(s)); nothing was loaded or written.")
         return 0
 
+    if args.gpus > 1 and torchrun_world_size() == 1:
+        return _launch_torchrun(args)
+
     import torch
 
     device, dtype = _resolve_device_dtype(args)
@@ -654,6 +707,60 @@ def run_generate(args) -> int:
         # Like the original's launch scripts: fewer fragmentation failures on an 80 GB card. Only this process, and
         # only when the user has not chosen a setting; read when CUDA allocates first.
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    world = torchrun_world_size()
+    if world > 1:
+        device = _init_distributed(device)
+    try:
+        return _run_generate(args, plan, device, dtype, world)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _launch_torchrun(args) -> int:
+    """`--gpus N`: run this same command under `torchrun --standalone --nproc-per-node N` (one process per GPU; the
+    inputs were checked here first). Rank 0 prints the stage lines and writes the outputs."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.gpus}",
+               "-m", "diffusers_magihuman.cli", *args.argv]  # fmt: skip
+    _stage(f"launching {args.gpus} processes: {' '.join(command[1:6])} ...")
+    return subprocess.run(command).returncode
+
+
+def _init_distributed(device: str) -> str:
+    """Joins the process group torchrun set up (NCCL on CUDA, one GPU per local rank; gloo on the CPU) and returns
+    this rank's device."""
+    import torch
+    import torch.distributed as dist
+
+    global _RANK
+    _RANK = int(os.environ.get("RANK", "0"))
+    if device.startswith("cuda"):
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return device
+
+
+def _enable_context_parallel(module, world: int) -> None:
+    """Splits the DiT's packed sequence over the `world` ranks with diffusers' context parallelism (Ulysses)."""
+    if world <= 1 or module is None:
+        return
+    from diffusers import ContextParallelConfig
+
+    module.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
+
+
+def _run_generate(args, plan, device, dtype, world: int) -> int:
+    import torch
+
+    rank0 = _RANK == 0
     from .pipelines.pipeline_magihuman import MagiHumanPipeline
 
     jobs: list[Job] = plan["jobs"]
@@ -664,6 +771,7 @@ def run_generate(args) -> int:
         offload = _place(pipe, args, device, plan)
         if args.attention_backend:
             pipe.transformer.set_attention_backend(args.attention_backend)
+        _enable_context_parallel(pipe.transformer, world)
         if args.no_compile:
             pipe.enable_auto_compile(False)
         sr = sr_dit = None
@@ -680,6 +788,7 @@ def run_generate(args) -> int:
                 sr_dit.to(device)
             if args.attention_backend:
                 sr_dit.set_attention_backend(args.attention_backend)
+            _enable_context_parallel(sr_dit, world)
             if args.no_compile:
                 sr.enable_auto_compile(False)
 
@@ -698,7 +807,7 @@ def run_generate(args) -> int:
                     f"{'audio-driven' if job.audio else (f'{args.seconds:g} s' if args.seconds else '4 s')}, "
                     f"{len(job.outputs)} video(s)"
                 )
-                pipe.set_progress_bar_config(desc=f"base {k}/{len(jobs)}", disable=args.quiet)
+                pipe.set_progress_bar_config(desc=f"base {k}/{len(jobs)}", disable=args.quiet or not rank0)
                 out = pipe(
                     job.prompt,
                     negative_prompt=None if plan["distilled"] else job.negative_prompt,
@@ -728,7 +837,7 @@ def run_generate(args) -> int:
                 if job.results["stage"] == args.sr:
                     continue
                 _stage(f"{args.sr} super-resolution {k}/{len(jobs)}: {width}x{height}, {args.sr_steps} steps")
-                sr.set_progress_bar_config(desc=f"{args.sr} {k}/{len(jobs)}", disable=args.quiet)
+                sr.set_progress_bar_config(desc=f"{args.sr} {k}/{len(jobs)}", disable=args.quiet or not rank0)
                 try:
                     out = sr(
                         job.prompt,
@@ -744,15 +853,17 @@ def run_generate(args) -> int:
                         output_type="latent",
                     )
                 except Exception as e:
-                    _rescue(job, args, f"the {args.sr} stage failed ({type(e).__name__}: {e})")
+                    if rank0:
+                        _rescue(job, args, f"the {args.sr} stage failed ({type(e).__name__}: {e})")
                     raise _AfterSampling(str(e)) from e
                 job.results = {"video": out.frames.cpu(), "audio": job.results["audio"], "stage": args.sr}
             _move_dit(sr_dit, "cpu", offload)
             _maybe_free_cuda()
         decoder_pipe = sr if sr is not None else pipe
 
-        # Stage 3: decode (Turbo-VAE or Wan2.2 VAE, then audio) and write, with no DiT resident.
-        for k, job in enumerate(jobs, 1):
+        # Stage 3: decode (Turbo-VAE or Wan2.2 VAE, then audio) and write, with no DiT resident. With several
+        # processes only rank 0 decodes and writes; every rank holds the same latents.
+        for k, job in enumerate(jobs if rank0 else [], 1):
             for v, path in enumerate(job.latents_out):
                 if path is not None:
                     save_latents(path, job.results["video"][v : v + 1], job.results["audio"][v : v + 1],
@@ -873,6 +984,10 @@ def _add_generate_arguments(gen: argparse.ArgumentParser) -> None:
                      help="run the DiT eagerly (default: on CUDA its blocks compile on the first call, ~20 s once)")
     run.add_argument("--attention-backend", default=None,
                      help="diffusers attention backend, e.g. native, flex, flash (default: automatic)")
+    run.add_argument("--gpus", type=int, default=1,
+                     help="split each DiT step over N GPUs of this machine (context parallelism; N divides the 8 "
+                          "key/value heads: 2, 4 or 8). Launches torchrun itself; under `torchrun --nproc-per-node N` "
+                          "leave it out. Pays at 1080p SR, not at 256p (default: 1)")
     run.add_argument("--quiet", action="store_true", help="no per-step progress bars (stage lines stay)")
     run.add_argument("--dry-run", action="store_true", help="check every input and output, load nothing, write nothing")
 
@@ -922,6 +1037,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `--gpus N` relaunches the same command under torchrun
     try:
         return args.func(args)
     except _AfterSampling:

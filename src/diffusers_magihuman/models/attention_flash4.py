@@ -16,8 +16,9 @@ FlashAttention-4 (`pip install flash-attn-4`, module `flash_attn.cute`) as two `
 
 FA4 is a CuTe-DSL kernel that `torch.compile` cannot trace. Wrapped as opaque custom ops with a shape-only "fake"
 implementation, it runs inside the compiled DiT blocks without a graph break. diffusers 0.42 only knows FA4 as the
-`flash_4_hub` backend (a Hub download, eager only), so the MagiHuman attention processor calls these ops itself when
-FA4 is installed and the user picked no backend (see `MagiHumanAttnProcessor`).
+`flash_4_hub` backend (a Hub download, eager only); these ops are what our `magihuman_flash_4` attention backend runs
+(see `attention_magihuman.py`), selected by name or automatically when FA4 is installed on a Hopper/Blackwell GPU and
+no backend was chosen (see `MagiHumanAttnProcessor`).
 
 Both ops take diffusers' / flash-attn's layout: `(batch, seq_len, heads, head_dim)` (dense) or
 `(total_tokens, heads, head_dim)` (varlen), bf16 or fp16 on CUDA; K/V may have fewer heads (GQA, query head `h` uses
@@ -67,8 +68,8 @@ def _kernels():
     if module is None:
         raise RuntimeError(
             "FlashAttention-4 is not installed (`flash_attn.cute` does not import). Install it with "
-            "`pip install 'diffusers-magihuman[flash4]'` on a Hopper/Blackwell GPU, or pass "
-            "`use_flash_attention_4=False` to the attention processor."
+            "`pip install 'diffusers-magihuman[flash4]'` on a Hopper/Blackwell GPU, or select another attention "
+            "backend (e.g. `magihuman_sdpa`) / pass `use_flash_attention_4=False` to the attention processor."
         )
     return module
 

@@ -162,6 +162,9 @@ class MagiHumanTokenLayout:
         permutation, inverse_permutation (`torch.Tensor` or `None`): a stable sort of the flattened `batch*seq` tokens
             by modality and its inverse; `None` when the flattened order is already sorted (always for batch size 1).
         frame_receptive_field (`int`): local-attention half window in latent frames (negative: unlimited).
+        audio_lengths, text_lengths (`list[int]`): real audio / text tokens per sample.
+        full_layout ([`MagiHumanTokenLayout`], *optional*): set on the layout of one context-parallel rank's shard of
+            the sequence: the layout of the whole sequence, whose attention pattern the attention backends apply.
     """
 
     batch_size: int
@@ -174,11 +177,20 @@ class MagiHumanTokenLayout:
     permutation: torch.Tensor | None = None
     inverse_permutation: torch.Tensor | None = None
     frame_receptive_field: int = -1
+    audio_lengths: list[int] = field(default_factory=list)
+    text_lengths: list[int] = field(default_factory=list)
+    full_layout: "MagiHumanTokenLayout | None" = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def has_padding(self) -> bool:
         return any(length != self.seq_len for length in self.seq_lens)
+
+    @property
+    def attention_layout(self) -> "MagiHumanTokenLayout":
+        r"""The layout whose attention pattern applies: the whole sequence's (`full_layout`) on a context-parallel
+        shard, else this one."""
+        return self if self.full_layout is None else self.full_layout
 
     def local_attention_allowed(self, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         r"""
@@ -257,6 +269,50 @@ class MagiHumanTokenLayout:
         self._cache[cache_key] = plan
         return plan
 
+    def modality_ids(self) -> torch.Tensor:
+        r"""The modality of every packed token, `(batch_size, seq_len)` int64 on CPU: `MODALITY_VIDEO`,
+        `MODALITY_AUDIO`, `MODALITY_TEXT` or padding."""
+        rows = []
+        for audio, text, length in zip(self.audio_lengths, self.text_lengths, self.seq_lens):
+            row = [MODALITY_VIDEO] * self.num_video_tokens + [MODALITY_AUDIO] * audio + [MODALITY_TEXT] * text
+            rows.append(row + [_MODALITY_PAD] * (self.seq_len - length))
+        return torch.tensor(rows, dtype=torch.int64)
+
+    def shard(self, rank: int, world_size: int, device: torch.device | None = None) -> "MagiHumanTokenLayout":
+        r"""
+        The layout of one context-parallel rank's shard: tokens `rank * seq_len / world_size` to
+        `(rank + 1) * seq_len / world_size` of every sample (the split diffusers' context-parallel hooks make along the
+        sequence axis). Its expert routing (`group_sizes`, `permutation`) covers the shard's tokens; its
+        `attention_layout` is this (whole-sequence) layout, whose pattern the attention backends apply after
+        Ulysses' all-to-all. `seq_len` must be divisible by `world_size` (see `build(pad_to_multiple_of=...)`).
+        """
+        if self.seq_len % world_size:
+            raise ValueError(f"A sequence of {self.seq_len} tokens does not split evenly over {world_size} ranks.")
+        local_len = self.seq_len // world_size
+        ids = self.modality_ids()[:, rank * local_len : (rank + 1) * local_len].reshape(-1)
+        group_sizes = [int((ids == modality).sum()) for modality in (MODALITY_VIDEO, MODALITY_AUDIO, MODALITY_TEXT)]
+        group_sizes.append(ids.numel() - sum(group_sizes))
+        permutation = inverse = None
+        if bool((ids[1:] < ids[:-1]).any()):  # not already sorted by modality
+            permutation = torch.argsort(ids, stable=True)
+            inverse = torch.argsort(permutation)
+            permutation, inverse = permutation.to(device), inverse.to(device)
+        return MagiHumanTokenLayout(
+            batch_size=self.batch_size,
+            seq_len=local_len,
+            seq_lens=[local_len] * self.batch_size,
+            num_video_tokens=self.num_video_tokens,
+            num_frames=self.num_frames,
+            tokens_per_frame=self.tokens_per_frame,
+            group_sizes=group_sizes,
+            permutation=permutation,
+            inverse_permutation=inverse,
+            frame_receptive_field=self.frame_receptive_field,
+            audio_lengths=self.audio_lengths,
+            text_lengths=self.text_lengths,
+            full_layout=self,
+        )
+
     @classmethod
     def build(
         cls,
@@ -265,11 +321,14 @@ class MagiHumanTokenLayout:
         grid_size: tuple[int, int, int],
         frame_receptive_field: int,
         device: torch.device,
+        pad_to_multiple_of: int = 1,
     ) -> "MagiHumanTokenLayout":
+        r"""The layout of a batch with these real audio / text lengths; `pad_to_multiple_of` right-pads every sample
+        to a common length divisible by it (context parallelism splits the sequence evenly over the ranks)."""
         grid_t, grid_h, grid_w = grid_size
         num_video = grid_t * grid_h * grid_w
         seq_lens = [num_video + a + t for a, t in zip(audio_lengths, text_lengths)]
-        seq_len = max(seq_lens)
+        seq_len = -(-max(seq_lens) // pad_to_multiple_of) * pad_to_multiple_of
         batch_size = len(seq_lens)
         group_sizes = [
             num_video * batch_size,
@@ -277,17 +336,7 @@ class MagiHumanTokenLayout:
             sum(text_lengths),
             sum(seq_len - length for length in seq_lens),
         ]
-        permutation = inverse = None
-        if batch_size > 1:
-            ids = []
-            for a, t, length in zip(audio_lengths, text_lengths, seq_lens):
-                ids += [MODALITY_VIDEO] * num_video + [MODALITY_AUDIO] * a + [MODALITY_TEXT] * t
-                ids += [_MODALITY_PAD] * (seq_len - length)
-            ids = torch.tensor(ids, dtype=torch.int64)
-            permutation = torch.argsort(ids, stable=True)
-            inverse = torch.argsort(permutation)
-            permutation, inverse = permutation.to(device), inverse.to(device)
-        return cls(
+        layout = cls(
             batch_size=batch_size,
             seq_len=seq_len,
             seq_lens=seq_lens,
@@ -295,10 +344,17 @@ class MagiHumanTokenLayout:
             num_frames=grid_t,
             tokens_per_frame=grid_h * grid_w,
             group_sizes=group_sizes,
-            permutation=permutation,
-            inverse_permutation=inverse,
             frame_receptive_field=frame_receptive_field,
+            audio_lengths=list(audio_lengths),
+            text_lengths=list(text_lengths),
         )
+        if batch_size > 1:  # one sample is always sorted: [video | audio | text | padding]
+            ids = layout.modality_ids().reshape(-1)
+            layout.permutation = torch.argsort(ids, stable=True)
+            layout.inverse_permutation = torch.argsort(layout.permutation)
+            layout.permutation = layout.permutation.to(device)
+            layout.inverse_permutation = layout.inverse_permutation.to(device)
+        return layout
 
 
 def apply_per_modality(module, hidden_states: torch.Tensor, layout: MagiHumanTokenLayout, fn=None):

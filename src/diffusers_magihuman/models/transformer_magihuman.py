@@ -34,8 +34,19 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, apply_lora_scale, logging
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 
-from .attention_flash4 import flash_attention_4, flash_attention_4_supported, flash_attention_4_varlen
-from .attention_magihuman import _flex_local_attention, _upstream_local_fallback
+from .attention_flash4 import flash_attention_4_supported, is_flash_attention_4_available
+from .attention_magihuman import (  # noqa: F401  (MAGIHUMAN_ATTENTION_BACKENDS is re-exported)
+    MAGIHUMAN_ATTENTION_BACKENDS,
+    MAGIHUMAN_BACKEND_FUNCTIONS,
+    MAGIHUMAN_FLASH_4,
+    MAGIHUMAN_LOCAL_FLEX,
+    MAGIHUMAN_LOCAL_KERNELS,
+    MAGIHUMAN_SDPA,
+    MagiHumanAttentionMask,
+    _local_per_frame,
+    _upstream_local_fallback,
+    magihuman_backend_member,
+)
 from .magihuman_legacy_keys import check_not_legacy_folder
 from .magihuman_packing import (  # noqa: F401  (re-exported: the public names of this module)
     _MODALITY_PAD,
@@ -53,6 +64,12 @@ from .magihuman_packing import (  # noqa: F401  (re-exported: the public names o
 from .rope_magihuman import MagiHumanRotaryPosEmbed, apply_magihuman_rotary_emb  # noqa: F401
 
 
+try:  # diffusers' context-parallel plan types (private module, as in diffusers' own transformers)
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+except ImportError:  # pragma: no cover - a diffusers without context parallelism
+    ContextParallelInput = ContextParallelOutput = None
+
+
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
 
@@ -64,6 +81,7 @@ _LOCAL_ATTN_KERNELS = ("auto", "varlen", "per_frame", "flex")
 # (`_native_efficient` is not one: torch's memory-efficient kernel rejects unequal head counts, seen on an H200.)
 _GQA_FLAG_BACKENDS = {"native", "_native_math", "_native_flash", "_native_cudnn", "flex", "xformers"}
 # Attention backends whose kernels take fewer K/V heads natively, with the same head mapping (flash-attn convention).
+# (Our own backends take fewer K/V heads too: see `MAGIHUMAN_ATTENTION_BACKENDS`.)
 _GQA_NATIVE_BACKENDS = {
     "flash",
     "flash_hub",
@@ -251,6 +269,7 @@ class MagiHumanRMSNorm(nn.Module):
 
 
 def _resolve_backend_name(backend) -> str:
+    # The name of `backend` (an `AttentionBackendName` member or a string), or of diffusers' active backend for `None`.
     if backend is None:
         try:
             from diffusers.models.attention_dispatch import _AttentionBackendRegistry
@@ -261,18 +280,34 @@ def _resolve_backend_name(backend) -> str:
     return getattr(backend, "value", str(backend))
 
 
+def _needs_grad(query: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and query.requires_grad
+
+
 class MagiHumanAttnProcessor:
     r"""
-    Attention processor of MagiHuman: packed q/k/v/gate projection (per modality in mm layers), per-head q/k
-    RMSNorm, coordinate RoPE in fp32, bf16 q/k/v, attention through diffusers' `dispatch_attention_fn`, per-head
-    sigmoid gating and the output projection.
+    Attention processor of MagiHuman: q/k/v/gate projections (per modality in mm layers), per-head q/k RMSNorm,
+    coordinate RoPE in fp32, q/k/v in the projections' dtype, attention through diffusers' `dispatch_attention_fn`,
+    per-head sigmoid gating and the output projection.
 
     Global layers attend over the whole packed sample. Local layers (SR-1080p) let a video token of latent frame
     `i` see the video tokens of frames `i - F .. i + F` plus all audio and text tokens, while audio and text tokens see
-    everything: one softmax over that union. It is computed as one flex `BlockMask` call on the `flex` backend, and
-    elsewhere (incl. flash backends, which take no mask) as one unmasked call per query frame over the gathered keys
-    of its window plus the audio/text keys, which is the same masked softmax. Samples of a padded batch are attended
-    one by one on their real tokens, so padding never attends or is attended and no mask is needed.
+    everything: one softmax over that union. Samples of a padded batch attend among their real tokens only.
+
+    Every kernel is an attention backend reached through `dispatch_attention_fn`:
+
+    * our backends (`magihuman_flash_4`, `magihuman_local_flex`, `magihuman_sdpa`) receive the pattern as
+      `attn_mask` (a [`MagiHumanAttentionMask`]) and compute it in one call: FA4 varlen, one flex `BlockMask` call,
+      or one SDPA call per query frame for the local layers;
+    * stock backends take no such mask, so the processor calls them sample by sample on the real tokens, and for
+      local layers once per query frame over the gathered keys of its window plus the audio/text keys (the same masked
+      softmax); the stock `flex` backend gets a `BlockMask` instead.
+
+    With no backend chosen (`set_attention_backend`, `attention_backend(...)`), attention runs on `magihuman_flash_4`
+    when FlashAttention-4 is installed, the tensors are on a Hopper/Blackwell GPU and no gradient is needed, and on
+    diffusers' default (`native` SDPA) otherwise. Under context parallelism (Ulysses), calls that need the pattern
+    (padding, local layers) run on `magihuman_sdpa` when a stock backend is chosen, since the pattern must be applied
+    after the all-to-all, where each rank holds whole sequences.
 
     Args:
         upcast (`bool`, *optional*):
@@ -284,18 +319,17 @@ class MagiHumanAttnProcessor:
             the original's non-Hopper fallback bit for bit (one fp32 attention per key range, each rounded to bf16,
             merged by log-sum-exp in fp32). Meant for parity checks; it ignores the attention backend.
         local_attn_kernel (`str`, defaults to `"auto"`):
-            How `"masked"` local layers run when the backend is not `flex`: `"varlen"`, one FlashAttention-4
-            variable-length call per layer (each query frame is one sequence against its gathered window + audio/text
-            keys; needs FA4); `"per_frame"`, one backend call per query frame over the same keys; `"flex"`, one
-            compiled block-sparse flex-attention call (the same single softmax; unpadded samples only). `"auto"`:
-            `"varlen"` where FA4 runs (see `use_flash_attention_4`), else `"per_frame"`. One SR-1080p forward on an
-            H200 (5 s clip, compiled): varlen FA4 6.00 s, per-frame SDPA 6.70 s, flex 7.80 s (docs/performance.md).
+            Pins the kernel of `"masked"` local layers whatever the backend: `"varlen"` (the `magihuman_flash_4`
+            backend: one FA4 variable-length call, each query frame a sequence against its window + audio/text keys),
+            `"flex"` (the `magihuman_local_flex` backend, or the stock `flex` backend with a `BlockMask` when that is
+            the chosen one), `"per_frame"` (one call of the chosen backend per query frame). `"auto"`: the local kernel
+            of the backend in use (`varlen` for `magihuman_flash_4`, `flex` for `magihuman_local_flex` and `flex`,
+            `per_frame` otherwise). One SR-1080p forward on an H200 (5 s clip, compiled): varlen FA4 6.00 s,
+            per-frame SDPA 6.70 s, flex 7.80 s (docs/performance.md).
         use_flash_attention_4 (`bool`, *optional*):
-            `None` (default): run attention with FlashAttention-4 (compile-traceable custom ops, see
-            `attention_flash4.py`) when it is installed, the tensors are on a Hopper/Blackwell GPU and no attention
-            backend was chosen (`set_attention_backend`, `attention_backend(...)`, context parallel); otherwise
-            diffusers' `dispatch_attention_fn` (default `native` SDPA, which runs cuDNN's flash kernel on Hopper).
-            `True`: always FA4 (raises if it is not installed); `False`: never.
+            `None` (default): the automatic choice above. `True`: always `magihuman_flash_4` (raises if FA4 is not
+            installed or gradients are needed); `False`: never automatically (an explicitly chosen
+            `magihuman_flash_4` backend still runs).
     """
 
     _attention_backend = None
@@ -319,38 +353,59 @@ class MagiHumanAttnProcessor:
         self.local_attn_mode = local_attn_mode
         self.use_flash_attention_4 = use_flash_attention_4
 
-    def uses_flash_attention_4(self, device: torch.device) -> bool:
-        r"""Whether attention on `device` runs on the FlashAttention-4 custom ops (see `use_flash_attention_4`)."""
-        if self.use_flash_attention_4 is not None:
-            return self.use_flash_attention_4
-        if self._attention_backend is not None or self._parallel_config is not None or self.upcast:
+    # -- which backend --------------------------------------------------------------------------------------------------
+
+    def _automatic_flash_attention_4(self, device: torch.device) -> bool:
+        # FA4 is the automatic choice only when nothing else was asked for.
+        if self.use_flash_attention_4 is not None or self._attention_backend is not None or self.upcast:
             return False
         if _resolve_backend_name(None) != "native":  # a backend chosen globally (`attention_backend(...)`, env)
             return False
         return flash_attention_4_supported(device)
 
-    def _fa4_for(self, query: torch.Tensor) -> bool:
-        # The FA4 ops have no backward: with gradients flowing (training, LoRA) "auto" falls back to
-        # `dispatch_attention_fn`, and a forced FA4 says so.
-        if not self.uses_flash_attention_4(query.device):
-            return False
-        if torch.is_grad_enabled() and query.requires_grad:
-            if self.use_flash_attention_4:
+    def uses_flash_attention_4(self, device: torch.device) -> bool:
+        r"""Whether attention on `device` runs on the `magihuman_flash_4` backend (for inference; with gradients the
+        automatic choice falls back to the default backend)."""
+        if self.use_flash_attention_4 is not None:
+            return self.use_flash_attention_4
+        if self._automatic_flash_attention_4(device):
+            return True
+        return _resolve_backend_name(self._attention_backend) == MAGIHUMAN_FLASH_4
+
+    def backend_name(self, query: torch.Tensor) -> str:
+        r"""The name of the attention backend a call with `query` runs on (see the class docstring)."""
+        if self.use_flash_attention_4:
+            if _needs_grad(query):
                 raise RuntimeError(
                     "The FlashAttention-4 ops are inference-only (no backward). For training, use "
                     "`MagiHumanAttnProcessor(use_flash_attention_4=None)` (automatic) or `False`."
                 )
-            return False
-        return True
+            return MAGIHUMAN_FLASH_4
+        if not _needs_grad(query) and self._automatic_flash_attention_4(query.device):
+            return MAGIHUMAN_FLASH_4
+        return _resolve_backend_name(self._attention_backend)
 
     def local_kernel(self, device: torch.device, use_fa4: bool | None = None) -> str:
         r"""The kernel `"masked"` local layers use on `device`: `"varlen"`, `"per_frame"` or `"flex"` (`use_fa4`:
-        whether FA4 runs, if already known)."""
+        whether the `magihuman_flash_4` backend runs, if already known)."""
         if self.local_attn_kernel != "auto":
             return self.local_attn_kernel
         if use_fa4 is None:
             use_fa4 = self.uses_flash_attention_4(device)
-        return "varlen" if use_fa4 else "per_frame"
+        return self._auto_local_kernel(MAGIHUMAN_FLASH_4 if use_fa4 else _resolve_backend_name(self._attention_backend))
+
+    def _local_kernel_for(self, backend: str) -> str:
+        if self.local_attn_kernel != "auto":
+            return self.local_attn_kernel
+        return self._auto_local_kernel(backend)
+
+    @staticmethod
+    def _auto_local_kernel(backend: str) -> str:
+        if backend in MAGIHUMAN_LOCAL_KERNELS:
+            return MAGIHUMAN_LOCAL_KERNELS[backend]
+        return "flex" if backend == "flex" else "per_frame"
+
+    # -- forward ------------------------------------------------------------------------------------------------------
 
     def __call__(
         self,
@@ -404,115 +459,109 @@ class MagiHumanAttnProcessor:
         upcast = self.upcast if self.upcast is not None else query.device.type == "cpu"
         if upcast:
             query, key, value = query.float(), key.float(), value.float()
+        # Under context parallelism the blocks see this rank's shard of the sequence; the attention pattern is that of
+        # the whole sequence, which the backend applies after the all-to-all.
+        pattern = MagiHumanAttentionMask(layout.attention_layout, is_local=is_local)
 
-        if not layout.has_padding:
-            out = self._attention_sample(query, key, value, layout, is_local, dtype)
-        else:
-            # Attend sample by sample on the real tokens: padding neither attends nor is attended, and each sample
-            # gives the same result as alone, on every backend (no key-padding mask needed).
-            out = query.new_zeros(query.shape)
-            for b, length in enumerate(layout.seq_lens):
-                out[b : b + 1, :length] = self._attention_sample(
-                    query[b : b + 1, :length],
-                    key[b : b + 1, :length],
-                    value[b : b + 1, :length],
-                    layout,
-                    is_local,
-                    dtype,
+        if is_local and self.local_attn_mode == "upstream_fallback" and layout.frame_receptive_field >= 0:
+            if self._parallel_config is not None:
+                raise ValueError(
+                    "`local_attn_mode='upstream_fallback'` (a parity check) does not run under context parallelism."
                 )
+            out = self._per_sample(query, key, value, pattern, self._upstream_fallback_sample(dtype))
+            return out.to(dtype)
+
+        backend = self.backend_name(query)
+        stock = backend not in MAGIHUMAN_ATTENTION_BACKENDS
+        if self._parallel_config is not None and stock and not pattern.is_trivial():
+            backend = MAGIHUMAN_SDPA  # stock backends cannot apply the pattern after Ulysses' all-to-all
+        kernel = self._local_kernel_for(backend) if pattern.local_window_applies() else None
+
+        if backend in MAGIHUMAN_ATTENTION_BACKENDS and kernel in (None, MAGIHUMAN_LOCAL_KERNELS[backend]):
+            out = self._dispatch(query, key, value, backend, attn_mask=None if pattern.is_trivial() else pattern)
+        elif kernel == "varlen":
+            out = self._dispatch(query, key, value, MAGIHUMAN_FLASH_4, attn_mask=pattern)
+        elif kernel == "flex" and backend != "flex":
+            out = self._dispatch(query, key, value, MAGIHUMAN_LOCAL_FLEX, attn_mask=pattern)
+        elif pattern.is_trivial():
+            out = self._dispatch(query, key, value, backend)  # plain attention (diffusers' Ulysses under CP)
+        else:
+            if self._parallel_config is not None:
+                raise ValueError(
+                    f"`local_attn_kernel={self.local_attn_kernel!r}` runs one `{backend}` call per sample and query "
+                    "frame, which cannot see whole sequences under context parallelism; use `local_attn_kernel='auto'`."
+                )
+            out = self._per_sample(query, key, value, pattern, self._stock_sample(backend, kernel))
         return out.to(dtype)
 
-    def _attention_sample(
-        self, query, key, value, layout: MagiHumanTokenLayout, is_local: bool, out_dtype: torch.dtype
-    ) -> torch.Tensor:
-        num_video, num_frames, window = layout.num_video_tokens, layout.num_frames, layout.frame_receptive_field
-        if not is_local or window < 0:  # a negative receptive field means unlimited, i.e. global attention
-            return self._dispatch(query, key, value)
-        if self.local_attn_mode == "upstream_fallback":
-            return _upstream_local_fallback(query, key, value, num_video, layout.tokens_per_frame, window, out_dtype)
-        if window >= num_frames - 1:  # a window covering every frame is global attention
-            return self._dispatch(query, key, value)
-
-        use_fa4 = self._fa4_for(query)
-        kernel = self.local_kernel(query.device, use_fa4)
-        if kernel == "varlen":
-            if not use_fa4:
-                raise RuntimeError(
-                    "`local_attn_kernel='varlen'` runs on FlashAttention-4, which is not used here (not installed, "
-                    "not a Hopper/Blackwell GPU, another backend chosen, or gradients needed). Use 'auto'."
-                )
-            return self._varlen_local_attention(query, key, value, layout)
-        backend = _resolve_backend_name(self._attention_backend)
-        if backend == "flex" and not use_fa4:
-            return self._dispatch(query, key, value, attn_mask=self._local_block_mask(query, key, layout))
-        if kernel == "flex" and not layout.has_padding:
-            return _flex_local_attention(query, key, value, self._local_block_mask(query, key, layout))
-
-        # One unmasked call per query frame: keys = the frames of its window + all audio and text tokens.
-        per_frame = layout.tokens_per_frame
-        key_rest, value_rest = key[:, num_video:], value[:, num_video:]
-        outputs = []
-        for frame in range(num_frames):
-            start = max(frame - window, 0) * per_frame
-            end = min(frame + window + 1, num_frames) * per_frame
-            outputs.append(
-                self._dispatch(
-                    query[:, frame * per_frame : (frame + 1) * per_frame],
-                    torch.cat([key[:, start:end], key_rest], dim=1),
-                    torch.cat([value[:, start:end], value_rest], dim=1),
-                )
-            )
-        if query.shape[1] > num_video:
-            outputs.append(self._dispatch(query[:, num_video:], key, value))
-        return torch.cat(outputs, dim=1)
-
-    def _varlen_local_attention(self, query, key, value, layout: MagiHumanTokenLayout) -> torch.Tensor:
-        # One FA4 varlen call: queries in place, each frame's keys (window + audio/text) gathered once.
-        batch_size, seq_len = query.shape[:2]
-        plan = layout.local_varlen_plan(batch_size, seq_len, query.device)
-        key = key.flatten(0, 1).index_select(0, plan["kv_index"])
-        value = value.flatten(0, 1).index_select(0, plan["kv_index"])
-        out = flash_attention_4_varlen(
-            query.flatten(0, 1),
-            key,
-            value,
-            plan["cu_seqlens_q"],
-            plan["cu_seqlens_k"],
-            plan["max_seqlen_q"],
-            plan["max_seqlen_k"],
-            query.shape[-1] ** -0.5,
-        )
-        return out.unflatten(0, (batch_size, seq_len))
-
-    def _dispatch(self, query, key, value, attn_mask=None) -> torch.Tensor:
-        if attn_mask is None and self._fa4_for(query):
-            return flash_attention_4(query, key, value, query.shape[-1] ** -0.5)
-        backend = _resolve_backend_name(self._attention_backend)
-        heads, kv_heads = query.shape[2], key.shape[2]
-        enable_gqa = False
-        if kv_heads != heads:
-            if backend in _GQA_FLAG_BACKENDS and self._parallel_config is None:
-                enable_gqa = True
-            elif backend not in _GQA_NATIVE_BACKENDS:
-                # Query head h uses kv head h // group (flash-attn convention), hence repeat_interleave.
-                key = key.repeat_interleave(heads // kv_heads, dim=2)
-                value = value.repeat_interleave(heads // kv_heads, dim=2)
-        return dispatch_attention_fn(
-            query,
-            key,
-            value,
-            attn_mask=attn_mask,
-            dropout_p=0.0,
-            is_causal=False,
-            scale=query.shape[-1] ** -0.5,
-            enable_gqa=enable_gqa,
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
-        )
+    def _attention_sample(self, query, key, value, layout: MagiHumanTokenLayout, is_local: bool, out_dtype=None):
+        # Kept for the benchmarks: the attention of q/k/v `(B, S, H, D)` under `layout`, as a block computes it.
+        return self._attention(query, key, value, layout, is_local)
 
     @staticmethod
-    def _local_block_mask(query, key, layout: MagiHumanTokenLayout):
-        return layout.local_block_mask(query.shape[1], query.device)
+    def _per_sample(query, key, value, pattern: MagiHumanAttentionMask, attend_sample) -> torch.Tensor:
+        # Attend sample by sample on the real tokens: padding neither attends nor is attended, and each sample gives
+        # the same result as alone, on every backend (no key-padding mask needed).
+        layout = pattern.layout
+        if not layout.has_padding:
+            return attend_sample(query, key, value, pattern)
+        out = query.new_zeros(query.shape)
+        for b, length in enumerate(layout.seq_lens):
+            out[b : b + 1, :length] = attend_sample(
+                query[b : b + 1, :length], key[b : b + 1, :length], value[b : b + 1, :length], pattern
+            ).to(out.dtype)
+        return out
+
+    def _upstream_fallback_sample(self, out_dtype: torch.dtype):
+        def attend_sample(query, key, value, pattern):
+            layout = pattern.layout
+            return _upstream_local_fallback(
+                query, key, value, layout.num_video_tokens, layout.tokens_per_frame, layout.frame_receptive_field,
+                out_dtype,
+            )
+
+        return attend_sample
+
+    def _stock_sample(self, backend: str, kernel: str | None):
+        # One sample on a stock backend (or with a pinned per-frame kernel): unmasked calls only, except the stock
+        # `flex` backend, which takes the local rule as a `BlockMask`.
+        def dense(query, key, value, scale=None):
+            return self._dispatch(query, key, value, backend)
+
+        def attend_sample(query, key, value, pattern):
+            if kernel is None:
+                return dense(query, key, value)
+            layout = pattern.layout
+            if kernel == "flex":
+                block_mask = layout.local_block_mask(query.shape[1], query.device)
+                return self._dispatch(query, key, value, backend, attn_mask=block_mask)
+            return _local_per_frame(query, key, value, layout, None, dense)
+
+        return attend_sample
+
+    def _dispatch(self, query, key, value, backend: str, attn_mask=None) -> torch.Tensor:
+        heads, kv_heads = query.shape[2], key.shape[2]
+        ours = backend in MAGIHUMAN_ATTENTION_BACKENDS
+        enable_gqa = False
+        if kv_heads != heads and not ours:  # ours take grouped K/V heads, also under context parallelism
+            if self._parallel_config is None and backend in _GQA_FLAG_BACKENDS:
+                enable_gqa = True
+            elif self._parallel_config is not None or backend not in _GQA_NATIVE_BACKENDS:
+                # Query head h uses kv head h // group (flash-attn convention), hence repeat_interleave. Under context
+                # parallelism diffusers' all-to-all splits q and k/v by the same head count.
+                key = key.repeat_interleave(heads // kv_heads, dim=2)
+                value = value.repeat_interleave(heads // kv_heads, dim=2)
+        kwargs = dict(attn_mask=attn_mask, dropout_p=0.0, is_causal=False, scale=query.shape[-1] ** -0.5)
+        if ours:
+            member = magihuman_backend_member(backend)
+            if member is None:  # diffusers' registry could not be extended: call the backend function itself
+                function = MAGIHUMAN_BACKEND_FUNCTIONS[backend]
+                return function(query, key, value, **kwargs, _parallel_config=self._parallel_config)
+        else:
+            member = self._attention_backend
+        return dispatch_attention_fn(
+            query, key, value, **kwargs, enable_gqa=enable_gqa, backend=member, parallel_config=self._parallel_config
+        )
 
 
 class MagiHumanAttention(nn.Module, AttentionModuleMixin):
@@ -640,6 +689,10 @@ class MagiHumanFeedForward(nn.Module):
         pad_to_multiple_of (`int`, *optional*): swiglu7 only.
     """
 
+    # Eager inference activates `up_proj`'s output this many elements at a time when it is larger (see
+    # `_activate_in_chunks`): 2**26 fp32 elements is 256 MiB per temporary.
+    _activation_chunk_elements = 2**26
+
     def __init__(
         self,
         hidden_size: int,
@@ -668,14 +721,37 @@ class MagiHumanFeedForward(nn.Module):
             `torch.Tensor` of shape `(batch_size, seq_len, hidden_size)` in fp32 (bf16-rounded values).
         """
         up_proj, down_proj = experts_of(self, "up_proj"), experts_of(self, "down_proj")
-        hidden_states = apply_per_modality(up_proj, hidden_states, token_layout, apply_linear).float()
+        hidden_states = apply_per_modality(up_proj, hidden_states, token_layout, apply_linear)
+        out_dtype = experts_compute_dtype(self, "down_proj", torch.float32)
+        chunk_rows = max(1, self._activation_chunk_elements // hidden_states.shape[-1])
+        num_rows = hidden_states.numel() // hidden_states.shape[-1]
+        if (
+            num_rows > chunk_rows
+            and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and hidden_states.requires_grad)
+        ):
+            hidden_states = self._activate_in_chunks(hidden_states, out_dtype, chunk_rows)
+        else:
+            hidden_states = self._activate(hidden_states).to(out_dtype)
+        return apply_per_modality(down_proj, hidden_states, token_layout, apply_linear).float()
+
+    def _activate(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        # The clamped activation in fp32 (both activations up-cast their inputs first).
         if self.activation == "swiglu7":
             gate, linear = hidden_states.chunk(2, dim=-1)
-            hidden_states = swiglu7(gate, linear)
-        else:
-            hidden_states = gelu7(hidden_states)
-        hidden_states = hidden_states.to(experts_compute_dtype(self, "down_proj", hidden_states.dtype))
-        return apply_per_modality(down_proj, hidden_states, token_layout, apply_linear).float()
+            return swiglu7(gate, linear)
+        return gelu7(hidden_states)
+
+    def _activate_in_chunks(self, hidden_states: torch.Tensor, out_dtype: torch.dtype, chunk_rows: int) -> torch.Tensor:
+        # Eager inference over long sequences (65k tokens at 1080p): the fp32 activation of the whole `up_proj` output
+        # would need several fp32 copies of a (tokens, 2*I) tensor at once (about 7 GiB each at 1080p). Done `chunk_rows`
+        # tokens at a time into the down-projection's input dtype, it needs only one chunk's temporaries. The
+        # activation is element-wise, so the result is bit-identical; compiled graphs fuse it and take the plain path.
+        rows = hidden_states.reshape(-1, hidden_states.shape[-1])
+        out = torch.empty(rows.shape[0], self.intermediate_size, dtype=out_dtype, device=rows.device)
+        for start in range(0, rows.shape[0], chunk_rows):
+            out[start : start + chunk_rows] = self._activate(rows[start : start + chunk_rows])
+        return out.reshape(*hidden_states.shape[:-1], self.intermediate_size)
 
 
 @maybe_allow_in_graph
@@ -782,8 +858,13 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
     Module names: `blocks.{i}.norm1`, `.attn.{to_q, to_k, to_v, to_gate, norm_q, norm_k, to_out.0}`, `.norm2`,
     `.ff.{up_proj, down_proj}`; in modality-expert layers each of these exists once per modality under `video`,
     `audio` and `text` (`blocks.0.video.norm1`, `blocks.0.attn.audio.to_q`, `blocks.0.ff.text.up_proj`). Use
-    `diffusers_magihuman.conversion.convert_magihuman_to_diffusers` to convert the original checkpoints. Context
-    parallelism (`_cp_plan`) is not wired up yet.
+    `diffusers_magihuman.conversion.convert_magihuman_to_diffusers` to convert the original checkpoints.
+
+    Context parallelism: `enable_parallelism(config=ContextParallelConfig(ulysses_degree=N))` (diffusers' own, see
+    `_cp_plan`) splits the packed sequence over `N` ranks. The sequence is right-padded to a multiple of `N` (padding
+    is masked, never attended), each rank routes its shard's tokens to the experts and rotates them with their own RoPE
+    rows, and attention runs on whole sequences per head group after Ulysses' all-to-all, so local windows stay exact.
+    `N` must divide both `num_attention_heads` and `num_key_value_heads`; ring attention is not supported.
 
     Args:
         num_layers (`int`, defaults to 40): number of transformer layers.
@@ -834,6 +915,22 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         "ff_post_norm",
     ]
     _skip_layerwise_casting_patterns = ["embedder", "rope", "norm", r"^proj_out_video$", r"^proj_out_audio$"]
+    # diffusers' context parallelism: the RoPE tables and the packed sequence are split along the sequence axis before
+    # the blocks (the forward pads it to a multiple of the degree and routes each shard with its own token layout), and
+    # all-gathered after them. The split and gather points are two identities outside the blocks, so the hooks never
+    # sit on a (compiled) block.
+    _cp_plan = (
+        {
+            "rope": {
+                0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True),
+                1: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True),
+            },
+            "context_parallel_split": {0: ContextParallelInput(split_dim=1, expected_dims=3, split_output=True)},
+            "context_parallel_gather": ContextParallelOutput(gather_dim=1, expected_dims=3),
+        }
+        if ContextParallelInput is not None
+        else None
+    )
 
     @register_to_config
     def __init__(
@@ -921,6 +1018,11 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         self.proj_out_video = nn.Linear(hidden_size, patch_volume * out_channels, bias=False)
         self.proj_out_audio = nn.Linear(hidden_size, audio_in_channels, bias=False)
 
+        # Identities: where diffusers' context-parallel hooks split the packed sequence before the blocks and gather it
+        # after them (`_cp_plan`).
+        self.context_parallel_split = nn.Identity()
+        self.context_parallel_gather = nn.Identity()
+
         self.gradient_checkpointing = False
 
     # -- speed --------------------------------------------------------------------------------------------------------
@@ -987,9 +1089,11 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
     @torch.no_grad()
     def _prepare_local_attention(self, layout: MagiHumanTokenLayout, device: torch.device) -> None:
         """Builds, before the (possibly compiled) blocks run, what the local layers' kernels read from `layout`: the
-        flex `BlockMask` or the FA4 varlen plan (see `MagiHumanAttnProcessor.local_attn_kernel`)."""
+        FA4 varlen plans or the flex `BlockMask`s (see `MagiHumanAttnProcessor.local_attn_kernel`)."""
         if self.config.frame_receptive_field < 0 or layout.frame_receptive_field >= layout.num_frames - 1:
             return
+        # One plan / mask per distinct sample length: padded batches attend sample by sample on their real tokens.
+        lengths = sorted(set(layout.seq_lens)) if layout.has_padding else [layout.seq_len]
         for block in self.blocks:
             processor = block.attn.processor
             if not block.attn.is_local or getattr(processor, "local_attn_mode", "masked") != "masked":
@@ -997,14 +1101,83 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
             kernel = processor.local_kernel(device) if hasattr(processor, "local_kernel") else "per_frame"
             if kernel == "varlen":
                 if layout.has_padding:
-                    for length in sorted(set(layout.seq_lens)):
+                    for length in lengths:
                         layout.local_varlen_plan(1, length, device)
                 else:
                     layout.local_varlen_plan(layout.batch_size, layout.seq_len, device)
-            elif device.type == "cuda" and not layout.has_padding:
-                flex_backend = _resolve_backend_name(getattr(processor, "_attention_backend", None)) == "flex"
-                if kernel == "flex" or flex_backend:
-                    layout.local_block_mask(layout.seq_len, device)
+            elif kernel == "flex" and device.type == "cuda":
+                for length in lengths:
+                    layout.local_block_mask(length, device)
+
+    def _context_parallel_rank(self) -> tuple[int, int]:
+        # (rank, number of ranks) of the context-parallel split of the sequence; (0, 1) without it.
+        config = getattr(self, "_parallel_config", None)
+        cp_config = getattr(config, "context_parallel_config", None)
+        mesh = getattr(cp_config, "_flattened_mesh", None)
+        if mesh is None or mesh.size() == 1:
+            return 0, 1
+        return torch.distributed.get_rank(mesh.get_group()), mesh.size()
+
+    def enable_parallelism(self, *, config, cp_plan=None):
+        r"""
+        [`~ModelMixin.enable_parallelism`] with this model's checks first (a clear error before anything changes).
+        Context parallelism splits the packed text+video+audio sequence over the ranks (Ulysses): with
+        `ContextParallelConfig(ulysses_degree=N)`, `N` must divide `num_attention_heads` and `num_key_value_heads`
+        (every rank attends with whole K/V head groups), there must be a GPU per rank on CUDA hosts, and ring attention
+        is refused (the padding and local-window pattern needs whole sequences per rank).
+
+        Args:
+            config (`ContextParallelConfig` or `ParallelConfig`): as for diffusers.
+            cp_plan (`dict`, *optional*): defaults to `_cp_plan`.
+        """
+        cp_config = config if hasattr(config, "ulysses_degree") else getattr(config, "context_parallel_config", None)
+        if cp_config is not None:
+            self._check_context_parallel_config(cp_config)
+        return super().enable_parallelism(config=config, cp_plan=cp_plan)
+
+    def _check_context_parallel_config(self, cp_config) -> None:
+        heads, kv_heads = self.config.num_attention_heads, self.config.num_key_value_heads
+        ring, ulysses = cp_config.ring_degree or 1, cp_config.ulysses_degree or 1
+        if ring > 1:
+            raise ValueError(
+                f"MagiHumanTransformer3DModel supports Ulysses context parallelism only; got ring_degree={ring}. Use "
+                "`ContextParallelConfig(ulysses_degree=N)`: the padding and local-attention pattern needs every rank "
+                "to hold whole sequences."
+            )
+        if heads % ulysses or kv_heads % ulysses:
+            divisors = [n for n in range(2, kv_heads + 1) if kv_heads % n == 0 and heads % n == 0]
+            raise ValueError(
+                f"`ulysses_degree={ulysses}` must divide the {heads} attention heads and the {kv_heads} key/value heads "
+                f"of this model (each rank attends with whole head groups); use one of {divisors}."
+            )
+        if torch.cuda.is_available():
+            # Ranks on this host (torchrun sets LOCAL_WORLD_SIZE); diffusers would silently put several on one GPU.
+            ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or (
+                torch.distributed.get_world_size() if torch.distributed.is_initialized() else ulysses
+            )
+            gpus = torch.cuda.device_count()
+            if ranks_here > gpus:
+                raise ValueError(
+                    f"Context parallelism over {ranks_here} ranks on this host needs as many GPUs, but only {gpus} are "
+                    f"visible. Launch at most {gpus} processes (`torchrun --nproc-per-node {gpus}`) and use "
+                    f"`ulysses_degree <= {gpus}`."
+                )
+
+    def set_attention_backend(self, backend: str) -> None:
+        r"""
+        [`~ModelMixin.set_attention_backend`], which also knows this package's backends: `magihuman_flash_4`,
+        `magihuman_local_flex` and `magihuman_sdpa` (see `MAGIHUMAN_ATTENTION_BACKENDS`). Selecting
+        `magihuman_flash_4` without FlashAttention-4 installed raises here, before anything runs.
+        """
+        name = getattr(backend, "value", backend)
+        if isinstance(name, str) and name.lower() == MAGIHUMAN_FLASH_4 and not is_flash_attention_4_available():
+            raise RuntimeError(
+                "The `magihuman_flash_4` attention backend needs FlashAttention-4 (`flash_attn.cute`) on a "
+                "Hopper/Blackwell GPU; it does not import here. Install it with "
+                "`pip install 'diffusers-magihuman[flash4]'`, or select another backend (e.g. `magihuman_sdpa`, "
+                "`native`)."
+            )
+        return super().set_attention_backend(backend)
 
     def pad_swiglu_(self, multiple_of: int = 8) -> "MagiHumanTransformer3DModel":
         r"""
@@ -1186,8 +1359,14 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
         text_idx = self._real_indices(encoder_attention_mask, batch_size, text_len, "encoder_attention_mask")
         audio_lengths = [audio_len] * batch_size if audio_idx is None else [len(i) for i in audio_idx]
         text_lengths = [text_len] * batch_size if text_idx is None else [len(i) for i in text_idx]
+        cp_rank, cp_world_size = self._context_parallel_rank()
         layout = MagiHumanTokenLayout.build(
-            audio_lengths, text_lengths, grid_size, config.frame_receptive_field, device
+            audio_lengths,
+            text_lengths,
+            grid_size,
+            config.frame_receptive_field,
+            device,
+            pad_to_multiple_of=cp_world_size,  # context parallelism splits the sequence evenly: pad, never drop
         )
         self._prepare_local_attention(layout, device)  # built here, read by the (possibly compiled) blocks
 
@@ -1197,7 +1376,7 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
             "temporal_patch_size": p_t,
             "device": device,
         }
-        if audio_idx is None and text_idx is None:
+        if audio_idx is None and text_idx is None and not layout.has_padding:
             packed = torch.cat([video, audio, text], dim=1)
             coords = get_magihuman_coords(grid_size, audio_len, text_len, **coords_kwargs)
             coords = coords.unsqueeze(0).expand(batch_size, -1, -1)
@@ -1216,14 +1395,19 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
                 )
         rotary_emb = self.rope(coords)
 
-        # 2. Transformer layers on the fp32 residual stream.
-        hidden = packed
+        # 2. Transformer layers on the fp32 residual stream. Under context parallelism the hooks of `_cp_plan` hand the
+        # blocks this rank's shard of `packed` and of the RoPE tables, and the blocks route it with the shard's layout.
+        if cp_world_size > 1:
+            layout = layout.shard(cp_rank, cp_world_size, device)
+        hidden = self.context_parallel_split(packed)
         if torch.is_grad_enabled() and self.gradient_checkpointing:
             for block in self.blocks:
                 hidden = self._gradient_checkpointing_func(block, hidden, rotary_emb, layout)
         else:
             for block in self.blocks:
                 hidden = block(hidden, rotary_emb, layout)
+
+        hidden = self.context_parallel_gather(hidden)
 
         # 3. Output heads (fp32) and unpacking.
         video_out = hidden[:, :num_video].float()
@@ -1259,25 +1443,3 @@ def _has_group_offload_hook(module: nn.Module) -> bool:
         if registry is not None and registry.get_hook(_GROUP_OFFLOADING) is not None:
             return True
     return False
-
-
-def _register_block_with_diffusers_caches() -> None:
-    # Block-level caches (FirstBlockCache, MagCache, ...) look blocks up in diffusers' private registry.
-    try:
-        from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
-    except ImportError:
-        return
-    try:
-        metadata = TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None)
-        registry = getattr(TransformerBlockRegistry, "_registry", None)
-        if isinstance(registry, dict):
-            # Insert directly: `register()` would first import and register every diffusers transformer (slow import).
-            metadata._cls = MagiHumanTransformerBlock
-            registry[MagiHumanTransformerBlock] = metadata
-        else:
-            TransformerBlockRegistry.register(model_class=MagiHumanTransformerBlock, metadata=metadata)
-    except Exception as error:  # private API: never break the import over it
-        logger.debug(f"Could not register MagiHumanTransformerBlock with diffusers' cache registry: {error}")
-
-
-_register_block_with_diffusers_caches()

@@ -25,6 +25,7 @@ from diffusers.models import AutoencoderKLWan, AutoencoderOobleck
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
+from transformers import GemmaTokenizer, T5GemmaEncoderModel
 
 from ..constants import (
     BASE_NUM_INFERENCE_STEPS,
@@ -80,25 +81,36 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
     Args:
         transformer ([`MagiHumanTransformer3DModel`]): the 15B audio-video DiT.
         scheduler ([`MagiHumanScheduler`]): flow UniPC (base) or the DMD-2 rule (distilled).
-        vae ([`AutoencoderKLWan`], *optional*): Wan2.2 TI2V-5B VAE (z=48); encodes images, decodes video.
-        audio_vae ([`AutoencoderOobleck`], *optional*): Stable-Audio-Open VAE; encodes driving audio, decodes audio.
-        text_encoder (`T5GemmaEncoderModel`, *optional*): T5-Gemma 9B encoder (width 3584).
-        tokenizer (`GemmaTokenizer`, *optional*): its tokenizer.
+        vae ([`AutoencoderKLWan`]): Wan2.2 TI2V-5B VAE (z=48); encodes images, decodes video without a Turbo-VAE.
+        audio_vae ([`AutoencoderOobleck`]): Stable-Audio-Open VAE; encodes driving audio, decodes audio.
+        text_encoder (`T5GemmaEncoderModel`): T5-Gemma 9B encoder (width 3584).
+        tokenizer (`GemmaTokenizer`): its tokenizer.
         turbo_vae ([`AutoencoderTurboVAED`], *optional*): the distilled fast video decoder; used when present.
+
+    `vae`, `audio_vae`, `text_encoder` and `tokenizer` may be passed as `None` (e.g. `from_pretrained(folder,
+    text_encoder=None, tokenizer=None)` to run on `prompt_embeds`, or without decoders for `output_type="latent"`); a
+    call that needs a missing one is refused before any model runs.
+
+    A call that needs a component the pipeline has none of (a prompt without `text_encoder`/`tokenizer`, decoded
+    output without a video decoder or `audio_vae`, `image=` without `vae`) is refused before any model runs.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae->turbo_vae->audio_vae"
-    _optional_components = ["vae", "audio_vae", "text_encoder", "tokenizer", "turbo_vae"]
+    # Only what the default call (a prompt in, decoded video and audio out) does without: with no Turbo-VAE the video
+    # is decoded by the Wan2.2 `vae`. The other components may still be passed as `None` explicitly (e.g.
+    # `from_pretrained(folder, text_encoder=None, tokenizer=None)` to run on `prompt_embeds`); a call that needs one
+    # of them is then refused before any model runs.
+    _optional_components = ["turbo_vae"]
     _callback_tensor_inputs = ["latents", "audio_latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
         self,
         transformer: MagiHumanTransformer3DModel,
         scheduler: MagiHumanScheduler,
-        vae: AutoencoderKLWan | None = None,
-        audio_vae: AutoencoderOobleck | None = None,
-        text_encoder: Any = None,
-        tokenizer: Any = None,
+        vae: AutoencoderKLWan | None,
+        audio_vae: AutoencoderOobleck | None,
+        text_encoder: T5GemmaEncoderModel | None,
+        tokenizer: GemmaTokenizer | None,
         turbo_vae: AutoencoderTurboVAED | None = None,
     ):
         super().__init__()
@@ -488,6 +500,14 @@ class MagiHumanPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLora
                 "late_guidance_scale": late_guidance_scale != VIDEO_LATE_GUIDANCE_SCALE,
                 "guidance_switch_timestep": guidance_switch_timestep != VIDEO_GUIDANCE_SWITCH_TIMESTEP,
             },
+        )
+        self._check_components(
+            prompt,
+            negative_prompt_embeds,
+            guidance_scale > 1.0,
+            output_type,
+            decode_with,
+            vae_use="Image conditioning (`image=`)" if image is not None else None,
         )
         is_a2v = audio is not None or audio_condition_latents is not None
         if renoise_driving_audio and not is_a2v:

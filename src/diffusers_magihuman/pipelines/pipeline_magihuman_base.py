@@ -25,7 +25,6 @@ import torch
 
 from diffusers.utils import logging
 
-from .._diffusers_compat import normalize_library_tuple
 from ..constants import DEFAULT_FPS, DEFAULT_NEGATIVE_PROMPT, TEXT_MAX_SEQUENCE_LENGTH, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
 from .pipeline_output import MagiHumanPipelineOutput
 
@@ -138,52 +137,6 @@ def snap_size(height: int, width: int, name: str = "") -> tuple[int, int]:
 class MagiHumanPipelineMixin:
     """Shared helpers. Expects the attributes `transformer`, `text_encoder`, `tokenizer`, `vae`, `audio_vae` and
     optionally `turbo_vae` (the pipelines declare them)."""
-
-    # ------------------------------------------------------------------ registration
-    def register_modules(self, **kwargs):
-        super().register_modules(**kwargs)
-        updates = {}
-        for name in kwargs:
-            entry = self.config.get(name)
-            new = normalize_library_tuple(entry)
-            if isinstance(entry, (list, tuple)) and tuple(new) != tuple(entry):
-                updates[name] = new
-        if updates:
-            self.register_to_config(**updates)
-
-    def __setattr__(self, name, value):
-        super().__setattr__(name, value)
-        internal = self.__dict__.get("_internal_dict")
-        if internal is not None and name in internal and isinstance(internal[name], (list, tuple)):
-            new = normalize_library_tuple(internal[name])
-            if tuple(new) != tuple(internal[name]):
-                self.register_to_config(**{name: new})
-
-    # ------------------------------------------------------------------ from_pipe without re-casting
-    _skip_next_dtype_cast = False
-
-    @classmethod
-    def from_pipe(cls, pipeline, **kwargs):
-        """diffusers' `from_pipe`, except that without an explicit `dtype` the shared components keep their dtypes.
-
-        (diffusers 0.42 ends `from_pipe` with `.to(float32)` by default, which would up-cast a bf16 DiT or text
-        encoder — in the source pipeline too, since the modules are shared.)
-        """
-        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
-            kwargs.pop("dtype", None)
-            kwargs.pop("torch_dtype", None)
-            MagiHumanPipelineMixin._skip_next_dtype_cast = True
-            try:
-                return super().from_pipe(pipeline, **kwargs)
-            finally:
-                MagiHumanPipelineMixin._skip_next_dtype_cast = False
-        return super().from_pipe(pipeline, **kwargs)
-
-    def to(self, *args, **kwargs):
-        if MagiHumanPipelineMixin._skip_next_dtype_cast and not args and set(kwargs) == {"dtype"}:
-            MagiHumanPipelineMixin._skip_next_dtype_cast = False
-            return self
-        return super().to(*args, **kwargs)
 
     # ------------------------------------------------------------------ group offload with resident DiT layers
     def enable_group_offload(
@@ -466,13 +419,25 @@ class MagiHumanPipelineMixin:
         max_sequence_length: int = TEXT_MAX_SEQUENCE_LENGTH,
         device: torch.device | None = None,
     ):
-        """Encode prompt and negative prompt.
+        r"""Encode the prompt and the negative prompt with T5-Gemma, as `__call__` does.
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*): the prompt(s); not needed when `prompt_embeds` are given.
+            negative_prompt (`str` or `list[str]`, *optional*): defaults to the original's negative prompt; one, or one
+                per prompt.
+            do_classifier_free_guidance (`bool`, defaults to `True`): also encode the negative prompt.
+            num_videos_per_prompt (`int`, defaults to 1): each row is repeated this many times.
+            prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
+                (`torch.Tensor`, *optional*): precomputed values, passed through (cast to float32 / bool).
+            max_sequence_length (`int`, defaults to 640): rows of the padded/trimmed embeddings.
+            device (`torch.device`, *optional*): where the results go; the execution device by default.
 
         Returns:
-            `(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)`:
-            embeddings `(B * num_videos_per_prompt, L, D)` float32 and boolean masks `(B * num_videos_per_prompt, L)`;
-            the negative pair is `None` without guidance. `negative_prompt=None` uses the original's default negative
-            prompt.
+            `(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)`, the
+            arguments of the same names of `__call__`: embeddings `(B * num_videos_per_prompt, L, D)` float32 and
+            boolean masks `(B * num_videos_per_prompt, L)`; the negative pair is `None` without guidance. So
+            `pipe(prompt_embeds=pe, prompt_attention_mask=pm, negative_prompt_embeds=ne,
+            negative_prompt_attention_mask=nm)` gives the same result as `pipe(prompt)`.
         """
         device = device or self._execution_device
         if prompt_embeds is None:
@@ -515,17 +480,17 @@ class MagiHumanPipelineMixin:
         else:
             negative_prompt_embeds = negative_prompt_attention_mask = None
 
-        def _repeat(x):
-            if x is None or num_videos_per_prompt == 1:
-                return x
-            return x.repeat_interleave(num_videos_per_prompt, dim=0)
+        if num_videos_per_prompt > 1:
+            prompt_embeds = prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
+            prompt_attention_mask = prompt_attention_mask.repeat_interleave(num_videos_per_prompt, dim=0)
+            if negative_prompt_embeds is not None:
+                negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
+                negative_prompt_attention_mask = negative_prompt_attention_mask.repeat_interleave(
+                    num_videos_per_prompt, dim=0
+                )
 
-        return (
-            _repeat(prompt_embeds),
-            _repeat(prompt_attention_mask),
-            _repeat(negative_prompt_embeds),
-            _repeat(negative_prompt_attention_mask),
-        )
+        # The names are those of `__call__`'s arguments: `pipe(**dict(zip(names, pipe.encode_prompt(...))))`.
+        return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
 
     # ------------------------------------------------------------------ image (TI2V)
     def encode_image(
@@ -819,6 +784,30 @@ class MagiHumanPipelineMixin:
                 f"Got {len(generator)} generators for an effective batch of {batch_size_hint}; give one generator "
                 "or one per video."
             )
+
+    def _check_components(self, prompt, negative_prompt_embeds, do_cfg, output_type, decode_with, vae_use=None):
+        """Refuse a call that needs a component this pipeline was loaded without (e.g. `vae=None`), before any model
+        runs. `vae_use` names what needs the Wan2.2 VAE's encoder (an image, decoded frames), if anything."""
+        if prompt is not None or (do_cfg and negative_prompt_embeds is None):
+            missing = [n for n in ("text_encoder", "tokenizer") if getattr(self, n, None) is None]
+            if missing:
+                what = "`prompt`" if prompt is not None else "the negative prompt (guidance is on)"
+                raise ValueError(
+                    f"Encoding {what} needs the T5-Gemma `text_encoder` and `tokenizer`, but this pipeline has no "
+                    f"{' or '.join(f'`{n}`' for n in missing)}. Load them, or pass `prompt_embeds` (and, with "
+                    "guidance, `negative_prompt_embeds`) computed with `encode_prompt`."
+                )
+        if output_type != "latent":
+            self._resolve_decoder(decode_with)
+            if getattr(self, "audio_vae", None) is None:
+                raise ValueError(
+                    f"`output_type={output_type!r}` decodes the audio with the Oobleck `audio_vae`, but this pipeline "
+                    "has none; load it, or use `output_type='latent'`."
+                )
+        elif decode_with not in _DECODERS:
+            raise ValueError(f"`decode_with` must be one of {_DECODERS}, got {decode_with!r}.")
+        if vae_use is not None and getattr(self, "vae", None) is None:
+            raise ValueError(f"{vae_use} needs the Wan2.2 `vae` to encode it, but this pipeline has none; load it.")
 
     @staticmethod
     def _check_prompt(prompt, name: str) -> list[str]:

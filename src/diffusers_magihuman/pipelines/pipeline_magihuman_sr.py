@@ -26,6 +26,7 @@ from diffusers.models import AutoencoderKLWan, AutoencoderOobleck
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
+from transformers import GemmaTokenizer, T5GemmaEncoderModel
 
 from ..constants import (
     SR_AUDIO_NOISE_SCALE,
@@ -57,7 +58,7 @@ EXAMPLE_DOC_STRING = """
         >>> low = base(prompt, height=256, width=448, seconds=4, output_type="latent")
 
         >>> sr_dit = MagiHumanTransformer3DModel.from_pretrained("magihuman-sr-540p", subfolder="transformer", dtype=torch.bfloat16)
-        >>> sr = MagiHumanSRPipeline.from_pipe(base, transformer=sr_dit)  # shares text encoder and VAEs
+        >>> sr = MagiHumanSRPipeline(**{**base.components, "transformer": sr_dit})  # shares text encoder and VAEs
         >>> sr.enable_model_cpu_offload()
         >>> out = sr(prompt, latents=low.frames, audio_latents=low.audio, height=512, width=896)
         >>> export_to_video(out.frames[0], "welcome_540p.mp4", fps=25, audio=out.audio[0], audio_sample_rate=sr.audio_sample_rate)
@@ -88,23 +89,31 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
     full shift-5 schedule. The SR DiT sees `0.7 * noise + 0.3 * base_audio` as its audio input; the audio is never
     stepped and the base audio is returned. Guidance is off by default (the shipped SR configs use one pass).
 
-    Components are those of [`MagiHumanPipeline`]; `transformer` must be an SR checkpoint (coords "v1"; the 1080p one
-    has local attention). Build it from a base pipeline without copying anything with
-    `MagiHumanSRPipeline.from_pipe(base_pipe, transformer=sr_transformer)`.
+    Components are those of [`MagiHumanPipeline`] (`vae`, `audio_vae`, `text_encoder` and `tokenizer` are required
+    arguments, which may be `None` where the call does not need them; `turbo_vae` is optional); `transformer` must be an SR checkpoint (coords "v1"; the 1080p one
+    has local attention). Build it from a base pipeline, sharing its other components as they are (no copy, no cast):
+    `MagiHumanSRPipeline(**{**base_pipe.components, "transformer": sr_transformer})`. diffusers'
+    `MagiHumanSRPipeline.from_pipe(base_pipe, transformer=sr_transformer, torch_dtype=torch.bfloat16)` shares them
+    too but, as for every diffusers pipeline, then casts every component to `torch_dtype` (float32 when not given),
+    the transformer's fp32 modules included.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae->turbo_vae->audio_vae"
-    _optional_components = ["vae", "audio_vae", "text_encoder", "tokenizer", "turbo_vae"]
+    # Only what the default call (a prompt in, decoded video and audio out) does without: with no Turbo-VAE the video
+    # is decoded by the Wan2.2 `vae`. The other components may still be passed as `None` explicitly (e.g.
+    # `from_pretrained(folder, text_encoder=None, tokenizer=None)` to run on `prompt_embeds`); a call that needs one
+    # of them is then refused before any model runs.
+    _optional_components = ["turbo_vae"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
         self,
         transformer: MagiHumanTransformer3DModel,
         scheduler: MagiHumanScheduler,
-        vae: AutoencoderKLWan | None = None,
-        audio_vae: AutoencoderOobleck | None = None,
-        text_encoder: Any = None,
-        tokenizer: Any = None,
+        vae: AutoencoderKLWan | None,
+        audio_vae: AutoencoderOobleck | None,
+        text_encoder: T5GemmaEncoderModel | None,
+        tokenizer: GemmaTokenizer | None,
         turbo_vae: AutoencoderTurboVAED | None = None,
     ):
         super().__init__()
@@ -334,6 +343,16 @@ class MagiHumanSRPipeline(MagiHumanPipelineMixin, DiffusionPipeline, MagiHumanLo
             callback_on_step_end_tensor_inputs,
             generator,
             batch_size,
+        )
+        self._check_components(
+            prompt,
+            negative_prompt_embeds,
+            guidance_scale > 1.0,
+            output_type,
+            decode_with,
+            vae_use="Re-encoding the decoded base frames (`video=`)"
+            if video is not None
+            else ("Image conditioning (`image=`)" if image is not None else None),
         )
         if image is not None:
             image = self.load_image(image)

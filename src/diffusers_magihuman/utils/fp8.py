@@ -1,0 +1,134 @@
+# Copyright 2026 The diffusers-magihuman Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Opt-in FP8 compute for the DiT's block linears through torchao (Hopper / Ada / Blackwell GPUs).
+
+Every `nn.Linear` inside `blocks.*` whose sizes are multiples of 16 becomes torchao's dynamic float8 linear with
+per-row scales: weights e4m3 with one scale per output row, activations quantized per token at each call, a
+`torch._scaled_mm` GEMM with a bf16 result. The embedders, output heads, norms, RoPE and attention itself stay as they
+are. This is the same route as `quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))`,
+with the filter and checks this model needs::
+
+    from diffusers_magihuman.utils.fp8 import enable_fp8_compute
+
+    pipe = MagiHumanPipeline.from_pretrained(path, torch_dtype=torch.bfloat16).to("cuda")
+    enable_fp8_compute(pipe.transformer)  # before `compile_repeated_blocks` / the first call
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+
+# `torch._scaled_mm` needs K and N divisible by 16.
+_FP8_ALIGNMENT = 16
+
+
+def fp8_block_linear_filter(skip_layers: Iterable[int] = ()) -> Callable[[nn.Module, str], bool]:
+    r"""
+    A torchao `filter_fn` that selects the block linears FP8 can run.
+
+    Args:
+        skip_layers (`Iterable[int]`, *optional*): layer indices whose linears stay in their dtype (e.g. `(0, 39)`,
+            the first and last layers, when they dominate the error).
+
+    Returns:
+        `Callable[[nn.Module, str], bool]`: `True` for an `nn.Linear` under `blocks.<i>.` (with `i` not skipped) whose
+        in and out features are multiples of 16 (the per-head attention gate, 40 outputs, stays in bf16).
+    """
+    skip = {int(i) for i in skip_layers}
+
+    def select(module: nn.Module, fqn: str) -> bool:
+        if not isinstance(module, nn.Linear) or not fqn.startswith("blocks."):
+            return False
+        layer = fqn.split(".")[1]
+        if not layer.isdigit() or int(layer) in skip:
+            return False
+        return module.in_features % _FP8_ALIGNMENT == 0 and module.out_features % _FP8_ALIGNMENT == 0
+
+    return select
+
+
+def _check_fp8_device(transformer: nn.Module) -> None:
+    devices = {p.device for p in transformer.parameters()}
+    cuda = [d for d in devices if d.type == "cuda"]
+    if not cuda and not torch.cuda.is_available():
+        raise RuntimeError(
+            "FP8 compute needs an NVIDIA GPU with float8 tensor cores (compute capability 8.9+: Ada, Hopper, "
+            "Blackwell); no CUDA device is available. Run the model in bf16 instead."
+        )
+    device = cuda[0] if cuda else torch.device("cuda", torch.cuda.current_device())
+    capability = torch.cuda.get_device_capability(device)
+    if capability < (8, 9):
+        raise RuntimeError(
+            f"FP8 compute needs compute capability 8.9+ (Ada, Hopper, Blackwell); {torch.cuda.get_device_name(device)} "
+            f"has {capability[0]}.{capability[1]}. Run the model in bf16 instead."
+        )
+
+
+def enable_fp8_compute(
+    transformer: nn.Module, skip_layers: Iterable[int] = (), check_device: bool = True
+) -> int:
+    r"""
+    Quantize the DiT's block linears to dynamic float8 (per-row scales) with torchao, in place.
+
+    Exact preparation first: the SwiGLU width is zero-padded to a multiple of 16 (`pad_swiglu_(16)`: 13652 -> 13664
+    at full size, which changes no output) so that the down projections qualify too. Call it after moving the model to
+    its GPU and before compiling. It changes the numbers (see docs/performance.md for the measured error): opt-in.
+
+    Args:
+        transformer ([`MagiHumanTransformer3DModel`]): bf16 weights (e.g. `from_pretrained(..., torch_dtype=
+            torch.bfloat16)`).
+        skip_layers (`Iterable[int]`, *optional*): layer indices kept in bf16.
+        check_device (`bool`, defaults to `True`): refuse when no GPU with float8 tensor cores is available.
+
+    Returns:
+        `int`: the number of linears converted.
+
+    Raises:
+        `ImportError`: torchao is not installed (`pip install torchao`).
+        `RuntimeError`: no GPU with compute capability 8.9+.
+        `ValueError`: a layer index out of range, or a model whose block linears are not bf16.
+    """
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    except ImportError as error:
+        raise ImportError(
+            "FP8 compute uses torchao's float8 linears: `pip install torchao` (or `pip install "
+            "'diffusers-magihuman[fp8]'`), then call `enable_fp8_compute` again."
+        ) from error
+    skip_layers = tuple(skip_layers)
+    num_layers = len(transformer.blocks)
+    bad = [i for i in skip_layers if not 0 <= int(i) < num_layers]
+    if bad:
+        raise ValueError(f"`skip_layers` must be layer indices in [0, {num_layers}), got {bad}.")
+    if check_device:
+        _check_fp8_device(transformer)
+    block_linears = [m for name, m in transformer.named_modules() if isinstance(m, nn.Linear) and name.startswith("blocks.")]
+    dtypes = {m.weight.dtype for m in block_linears}
+    if dtypes - {torch.bfloat16}:
+        raise ValueError(
+            "FP8 compute expects bf16 block linears (load with `torch_dtype=torch.bfloat16`), found "
+            f"{sorted(str(d) for d in dtypes)}."
+        )
+    pad = getattr(transformer, "pad_swiglu_", None)
+    width = getattr(getattr(transformer, "config", None), "pad_swiglu_to_multiple_of", None)
+    if callable(pad) and (not width or width % _FP8_ALIGNMENT != 0):
+        pad(_FP8_ALIGNMENT)  # exact (zero rows and columns); lets the down projections qualify
+    select = fp8_block_linear_filter(skip_layers)
+    count = sum(1 for name, m in transformer.named_modules() if select(m, name))
+    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=select)
+    return count

@@ -1,0 +1,87 @@
+"""The opt-in FP8 route (`diffusers_magihuman.utils.fp8`): which linears it selects, and its refusals. The float8
+GEMMs themselves need torchao and an SM 8.9+ GPU (measured by benchmarks/benchmark_speedups.py --sections fp8);
+here torchao is replaced by a stub that records what would be quantized."""
+
+import sys
+import types
+
+import pytest
+import torch
+
+from diffusers_magihuman.testing_utils import make_tiny_transformer
+from diffusers_magihuman.utils.fp8 import enable_fp8_compute, fp8_block_linear_filter
+
+
+@pytest.fixture
+def fake_torchao(monkeypatch):
+    calls = []
+    quantization = types.ModuleType("torchao.quantization")
+
+    class PerRow:
+        pass
+
+    class Float8DynamicActivationFloat8WeightConfig:
+        def __init__(self, granularity=None):
+            self.granularity = granularity
+
+    def quantize_(model, config, filter_fn=None):
+        calls.append([name for name, module in model.named_modules() if filter_fn(module, name)])
+
+    quantization.PerRow = PerRow
+    quantization.Float8DynamicActivationFloat8WeightConfig = Float8DynamicActivationFloat8WeightConfig
+    quantization.quantize_ = quantize_
+    torchao = types.ModuleType("torchao")
+    torchao.quantization = quantization
+    monkeypatch.setitem(sys.modules, "torchao", torchao)
+    monkeypatch.setitem(sys.modules, "torchao.quantization", quantization)
+    return calls
+
+
+def _bf16_tiny(**overrides):
+    # block linears in bf16, as `from_pretrained(torch_dtype=torch.bfloat16)` gives; sizes multiples of 16
+    model = make_tiny_transformer(hidden_size=32, swiglu7_intermediate_size=84, **overrides)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.startswith("blocks."):
+            module.to(torch.bfloat16)
+    return model
+
+
+def test_filter_selects_block_linears_with_aligned_sizes():
+    model = make_tiny_transformer(hidden_size=32, num_attention_heads=4, head_dim=8)
+    selected = [name for name, module in model.named_modules() if fp8_block_linear_filter()(module, name)]
+    assert selected and all(name.startswith("blocks.") for name in selected)
+    # the embedders and output heads are never selected; the gate (4 outputs) is not a multiple of 16
+    assert not any(".to_gate" in name for name in selected)
+    assert "blocks.0.attn.video.to_q" in selected and "blocks.1.attn.to_out.0" in selected
+    skipped = [name for name, module in model.named_modules() if fp8_block_linear_filter([0])(module, name)]
+    assert skipped and not any(name.startswith("blocks.0.") for name in skipped)
+
+
+def test_missing_torchao_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    with pytest.raises(ImportError, match="pip install torchao"):
+        enable_fp8_compute(_bf16_tiny())
+
+
+def test_refusals_come_before_any_change(fake_torchao, monkeypatch):
+    model = _bf16_tiny()
+    with pytest.raises(ValueError, match="skip_layers"):
+        enable_fp8_compute(model, skip_layers=[5], check_device=False)
+    fp32 = make_tiny_transformer(hidden_size=32, swiglu7_intermediate_size=84)
+    with pytest.raises(ValueError, match="bf16 block linears"):
+        enable_fp8_compute(fp32, check_device=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="compute capability 8.9"):
+        enable_fp8_compute(model)
+    assert fake_torchao == [] and model.config.pad_swiglu_to_multiple_of is None
+
+
+def test_pads_swiglu_to_16_and_quantizes_the_selected_linears(fake_torchao):
+    model = _bf16_tiny()
+    count = enable_fp8_compute(model, check_device=False)
+    # 84 -> 96: the swiglu layer's up (192 outputs) and down (96 inputs) projections now qualify
+    assert model.config.pad_swiglu_to_multiple_of == 16
+    assert {b.ff.intermediate_size for b in model.blocks if b.ff.activation == "swiglu7"} == {96}
+    assert len(fake_torchao) == 1 and count == len(fake_torchao[0])
+    assert "blocks.1.ff.down_proj" in fake_torchao[0] and "blocks.1.ff.up_proj" in fake_torchao[0]
