@@ -25,8 +25,8 @@ norm temporaries) plus the uint8-frame differences (the truncating conversion th
 fraction of pixels more than 4 levels off. `--resident-gib` repeats some 1080p variants with that many GiB of other
 allocations held on the GPU (the SR DiT is ~30 GiB), to show the decode budget adapting (exact spatial tiles or none).
 
-A last row profiles one middle window of the default (`fast`) variant at the largest resolution: kernel time, the
-share in convolutions and the top kernels (`--no-profile` skips it).
+After the variants of the last resolution, one row profiles a middle window of the default (`fast`) variant: kernel
+time, the share in convolutions and the top kernels (`--no-profile` skips it).
 
 A card with more than `--cap-gib` GiB (an H200) is capped with `torch.cuda.set_per_process_memory_fraction`, so the
 memory numbers are those of an 80 GB H100. The default CUDA allocator is used. Results go to `--output` after every
@@ -284,6 +284,8 @@ class Runner:
                     # keep it off the GPU: the next variants' peak memory must not include it
                     reference = out.to("cpu") if self.device.type == "cuda" else out
                     del out
+            if self.args.profile and resolution == self.args.resolutions[-1]:
+                self.profile_window()  # before the resident rows: the profile matters more if a target is missed
             resident = self.args.resident_gib
             if resolution == "1080p" and resident:
                 for name in self.args.resident_variants:
@@ -292,8 +294,6 @@ class Runner:
                         continue
                     self.run_variant(resolution, name, reference, resident_gib=resident)
             reference = None
-        if self.args.profile:
-            self.profile_window()
         self.summary()
 
     def profile_window(self, name: str = "fast", top: int = 15):
