@@ -178,8 +178,27 @@ class Runner:
             )
 
             def run(sr=sr, sr_call=sr_call):
+                steps = []  # (allocated, reserved) peaks of each sampling step, to tell the DiT stage from the decode
+
+                def per_step(pipe, i, t, kwargs):
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                        steps.append(
+                            (round(torch.cuda.max_memory_allocated(device) / GIB, 2), round(torch.cuda.max_memory_reserved(device) / GIB, 2))
+                        )
+                        torch.cuda.reset_peak_memory_stats(device)
+                    return {}
+
                 with Peak(device) as row:
-                    out = sr(**sr_call, generator=gen(), output_type="np")
+                    out = sr(**sr_call, generator=gen(), output_type="np", callback_on_step_end=per_step)
+                if steps:
+                    # Peak's own reset happened before the call; the last reset was after the last step, so the
+                    # row's peak is the decode's (and the final step's memory still held) from here on
+                    row["step_peaks_alloc_reserved_gib"] = steps
+                    row["after_sampling_peak_allocated_gib"] = row.pop("peak_allocated_gib")
+                    row["after_sampling_peak_reserved_gib"] = row.pop("peak_reserved_gib")
+                    row["peak_allocated_gib"] = max([a for a, _ in steps] + [row["after_sampling_peak_allocated_gib"]])
+                    row["peak_reserved_gib"] = max([r for _, r in steps] + [row["after_sampling_peak_reserved_gib"]])
                 frames = out.frames.shape
                 return row, frames
 
@@ -390,6 +409,7 @@ class Runner:
                 ref = ref_dit(**inputs)
             for h in handles:
                 h.remove()
+            print(f"fp8 {resolution}: quantized forward", flush=True)
             q_dit = quantized(variant)
             with torch.no_grad():
                 out = q_dit(**inputs)
@@ -429,16 +449,8 @@ class Runner:
                 audio_sample_rel_l2=bm.rel_l2(noised.audio_sample.float(), ref.audio_sample.float()),
             )
 
-            if device.type == "cuda":  # compiled forward time, both models
-                timing = dict(name=f"fp8 vs bf16 compiled forward {resolution}")
-                for tag, model in (("bf16", ref_dit), ("fp8", q_dit)):
-                    model.compile_repeated_blocks(fullgraph=True)
-                    with torch.no_grad():
-                        timing[f"{tag}_compiled_ms"] = round(bm.time_fn(lambda m=model: m(**inputs), device, 2, 5)["median_ms"], 1)
-                timing["fp8_over_bf16"] = round(timing["fp8_compiled_ms"] / timing["bf16_compiled_ms"], 3)
-                self.record(**timing)
-
             # trajectories: 8-step distilled (256p), 5-step SR (540p, from random base latents)
+            print(f"fp8 {resolution}: trajectories", flush=True)
             embeds = self.embeds(ref_dit)
             gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
             if variant == "distill":
@@ -481,7 +493,22 @@ class Runner:
                 sample_rel_l2=bm.rel_l2(out.sample.float(), ref.sample.float()),
                 audio_sample_rel_l2=bm.rel_l2(out.audio_sample.float(), ref.audio_sample.float()),
             )
-            del ref_dit, q_skip
+            del q_skip
+            bm.free_memory()
+            # compiled forward time last: a crash while compiling the quantized model loses no error row
+            print(f"fp8 {resolution}: compiling both models for the timing row", flush=True)
+            q_dit = quantized(variant)
+            torch._dynamo.reset()
+            if device.type == "cuda":  # compiled forward time, both models
+                timing = dict(name=f"fp8 vs bf16 compiled forward {resolution}")
+                for tag, model in (("bf16", ref_dit), ("fp8", q_dit)):
+                    model.compile_repeated_blocks(fullgraph=True)
+                    with torch.no_grad():
+                        timing[f"{tag}_compiled_ms"] = round(bm.time_fn(lambda m=model: m(**inputs), device, 2, 5)["median_ms"], 1)
+                timing["fp8_over_bf16"] = round(timing["fp8_compiled_ms"] / timing["bf16_compiled_ms"], 3)
+                self.record(**timing)
+
+            del ref_dit, q_dit
             torch._dynamo.reset()
             bm.free_memory()
 

@@ -85,3 +85,44 @@ def test_pads_swiglu_to_16_and_quantizes_the_selected_linears(fake_torchao):
     assert {b.ff.intermediate_size for b in model.blocks if b.ff.activation == "swiglu7"} == {96}
     assert len(fake_torchao) == 1 and count == len(fake_torchao[0])
     assert "blocks.1.ff.down_proj" in fake_torchao[0] and "blocks.1.ff.up_proj" in fake_torchao[0]
+
+
+def test_padded_rows_get_a_positive_scale_and_the_output_stays_exact(fake_torchao):
+    # Padding adds all-zero up_proj rows; a zero row has a zero per-row float8 scale and torchao then makes the whole
+    # up_proj output NaN (seen on an H100). Their down_proj columns are zero, so the rows may hold any finite value:
+    # enable_fp8_compute fills them, and the (here unquantized) model must give bit-identical outputs, since every
+    # padded channel is still multiplied by an exact zero.
+    model = make_tiny_transformer(hidden_size=32, swiglu7_intermediate_size=84)
+    g = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(1, 48, 2, 4, 4, generator=g), torch.randn(1, 5, 64, generator=g), torch.randn(1, 7, 16, generator=g))
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.startswith("blocks."):
+            module.to(torch.bfloat16)
+    with torch.no_grad():
+        ref = model(*inputs, return_dict=False)
+    enable_fp8_compute(model, check_device=False)
+    selected = set(fake_torchao[0])
+    modules = dict(model.named_modules())
+    for name in selected:
+        assert not (modules[name].weight == 0).all(dim=1).any(), f"{name} keeps a zero row"
+    assert "blocks.1.ff.up_proj" in selected
+    with torch.no_grad():
+        out = model(*inputs, return_dict=False)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_linear_with_a_used_zero_row_stays_in_bf16_with_a_warning(fake_torchao, caplog, monkeypatch):
+    model = _bf16_tiny()
+    with torch.no_grad():
+        model.blocks[1].attn.to_q.weight[3] = 0  # a zero row whose output is used: it cannot be filled
+    import logging
+
+    from diffusers.utils import logging as diffusers_logging
+
+    monkeypatch.setattr(diffusers_logging.get_logger("diffusers_magihuman.utils.fp8"), "propagate", True)
+    with caplog.at_level(logging.WARNING):
+        enable_fp8_compute(model, check_device=False)
+    assert "blocks.1.attn.to_q" not in fake_torchao[0]
+    assert "blocks.1.ff.up_proj" in fake_torchao[0]
+    assert "all-zero weight row" in caplog.text and "blocks.1.attn.to_q" in caplog.text

@@ -30,7 +30,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+from diffusers.utils import logging
 from torch import nn
+
+from ..models.transformer_magihuman import experts_of
+
+
+logger = logging.get_logger(__name__)
 
 
 # `torch._scaled_mm` needs K and N divisible by 16.
@@ -77,6 +83,49 @@ def _check_fp8_device(transformer: nn.Module) -> None:
             f"FP8 compute needs compute capability 8.9+ (Ada, Hopper, Blackwell); {torch.cuda.get_device_name(device)} "
             f"has {capability[0]}.{capability[1]}. Run the model in bf16 instead."
         )
+
+
+# The value written into `up_proj` rows whose channel `down_proj` ignores (see `_fill_dead_swiglu_rows`).
+_DEAD_ROW_VALUE = 2.0**-16
+
+
+@torch.no_grad()
+def _fill_dead_swiglu_rows(transformer: nn.Module) -> None:
+    """Give the zero `up_proj` rows of channels that `down_proj` ignores a small constant value.
+
+    Padding the SwiGLU width adds channels whose gate and linear rows in `up_proj` and whose column in `down_proj` are
+    all zero. A zero weight row has a zero per-row float8 scale, and torchao's quantization then divides zero by zero:
+    the whole `up_proj` output turns NaN. A channel whose `down_proj` column is zero adds nothing to the output
+    whatever its activation is (the SwiGLU activation of finite inputs is finite), so its `up_proj` rows can hold any
+    finite value: this keeps the model's output exactly as it was and every row's scale positive.
+    """
+    for block in getattr(transformer, "blocks", ()):
+        ff = getattr(block, "ff", None)
+        if ff is None or getattr(ff, "activation", None) != "swiglu7":
+            continue
+        ups, downs = experts_of(ff, "up_proj"), experts_of(ff, "down_proj")
+        ups = (ups,) if isinstance(ups, nn.Module) else ups
+        downs = (downs,) if isinstance(downs, nn.Module) else downs
+        width = ff.intermediate_size
+        for up, down in zip(ups, downs):
+            if not isinstance(up, nn.Linear) or not isinstance(down, nn.Linear) or up.weight.device.type == "meta":
+                continue
+            dead = (down.weight == 0).all(dim=0)  # channels whose down_proj column is zero
+            if not bool(dead.any()):
+                continue
+            rows = torch.cat([dead, dead])  # gate rows [0, width), linear rows [width, 2 * width)
+            zero = (up.weight == 0).all(dim=1) & rows
+            if up.weight.shape[0] == 2 * width and bool(zero.any()):
+                up.weight[zero] = _DEAD_ROW_VALUE
+
+
+@torch.no_grad()
+def _linears_with_zero_rows(transformer: nn.Module, select: Callable[[nn.Module, str], bool]) -> set[str]:
+    return {
+        name
+        for name, module in transformer.named_modules()
+        if select(module, name) and module.weight.device.type != "meta" and bool((module.weight == 0).all(dim=1).any())
+    }
 
 
 def enable_fp8_compute(
@@ -128,7 +177,20 @@ def enable_fp8_compute(
     width = getattr(getattr(transformer, "config", None), "pad_swiglu_to_multiple_of", None)
     if callable(pad) and (not width or width % _FP8_ALIGNMENT != 0):
         pad(_FP8_ALIGNMENT)  # exact (zero rows and columns); lets the down projections qualify
-    select = fp8_block_linear_filter(skip_layers)
+    _fill_dead_swiglu_rows(transformer)
+    zero_rows = _linears_with_zero_rows(transformer, fp8_block_linear_filter(skip_layers))
+    if zero_rows:
+        logger.warning(
+            "FP8 compute: %d block linear(s) have an all-zero weight row, whose per-row float8 scale would be zero "
+            "(NaN outputs); they stay in bf16: %s",
+            len(zero_rows),
+            ", ".join(sorted(zero_rows)[:8]) + (" ..." if len(zero_rows) > 8 else ""),
+        )
+    base_select = fp8_block_linear_filter(skip_layers)
+
+    def select(module: nn.Module, fqn: str) -> bool:
+        return base_select(module, fqn) and fqn not in zero_rows
+
     count = sum(1 for name, m in transformer.named_modules() if select(m, name))
     quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=select)
     return count
