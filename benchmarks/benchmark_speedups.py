@@ -209,7 +209,7 @@ class Runner:
                 got = None if self.args.first_calls_only else self.guarded(f"{resolution} chain (2nd)", run)
                 if got:
                     self.record(name=f"{resolution} SR stage + Turbo-VAE + audio decode (np), second call", **got[0])
-            del sr, sr_dit
+            del sr, sr_dit, run  # `run` holds the pipeline through its defaults: drop it before the next DiT is built
             torch._dynamo.reset()
             bm.free_memory()
 

@@ -893,7 +893,7 @@ def _decode_and_write(pipe, job: Job, args) -> None:
             export_to_video(frames, path, fps=FPS, audio=wave, audio_sample_rate=pipe.audio_sample_rate,
                             overwrite=args.overwrite)  # fmt: skip
             job.results.setdefault("written", []).append(path)
-    pipe.maybe_free_model_hooks()
+    pipe._free_model_hooks()
 
 
 class _AfterSampling(RuntimeError):

@@ -351,9 +351,18 @@ class MagiHumanPipelineMixin:
         return latents / inv_std + mean
 
     def _cache_context(self, name: str):
-        """diffusers' block-cache context (`CacheMixin`), or a no-op for transformers without it."""
-        ctx = getattr(self.transformer, "cache_context", None)
-        return ctx(name) if ctx is not None else contextlib.nullcontext()
+        """diffusers' block-cache context (`CacheMixin`) when hooks are installed on the transformer, else a no-op.
+
+        `cache_context` creates a `HookRegistry` on a module that has none, and the registry holds the module: a
+        reference cycle that keeps the transformer (30 GiB at full size) on the GPU after `del pipe` until Python's
+        cycle collector happens to run. A step cache, context parallelism or group offload installs the registry
+        before the first step, so the context is only needed (and only entered) when one exists.
+        """
+        transformer = self.transformer
+        ctx = getattr(transformer, "cache_context", None)
+        if ctx is None or getattr(transformer, "_diffusers_hook", None) is None:
+            return contextlib.nullcontext()
+        return ctx(name)
 
     def _input_device(self, module) -> torch.device:
         """Where a component's inputs must go. Offload hooks (accelerate's, or diffusers' group offload) bring the
@@ -665,10 +674,26 @@ class MagiHumanPipelineMixin:
                 raise MagiHumanDecodeError(
                     f"Decoding failed after sampling: {type(error).__name__}: {error}. {where}", path
                 ) from error
-        self.maybe_free_model_hooks()
+        self._free_model_hooks()
         if not return_dict:
             return (frames, audio)
         return MagiHumanPipelineOutput(frames=frames, audio=audio)
+
+    def _free_model_hooks(self) -> None:
+        """`maybe_free_model_hooks()`, without leaving a reference cycle on components that had no hooks.
+
+        diffusers resets each `CacheMixin` component's stateful hooks there through `HookRegistry.
+        check_if_exists_or_initialize`, which attaches an empty registry to a model that had none; the registry holds
+        the model, so after `del pipe` the model (30 GiB for a full-size DiT) stays on the GPU until Python's cycle
+        collector runs. A registry that this call created and that holds no hook is removed again.
+        """
+        modules = [c for c in self.components.values() if isinstance(c, torch.nn.Module)]
+        without = [m for m in modules if getattr(m, "_diffusers_hook", None) is None]
+        self.maybe_free_model_hooks()
+        for module in without:
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None and not getattr(registry, "hooks", True):
+                del module._diffusers_hook
 
     def _begin_call(self) -> None:
         """Start of a `__call__` (after its inputs are checked): refuses cache/guidance combinations that cannot work
