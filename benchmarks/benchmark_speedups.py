@@ -500,6 +500,13 @@ class Runner:
             q_dit = quantized(variant)
             torch._dynamo.reset()
             if device.type == "cuda":  # compiled forward time, both models
+                # eager first (recorded on its own), so a slow or failing compile of the torchao model loses no row
+                eager = dict(name=f"fp8 vs bf16 eager forward {resolution}")
+                for tag, model in (("bf16", ref_dit), ("fp8", q_dit)):
+                    with torch.no_grad():
+                        eager[f"{tag}_eager_ms"] = round(bm.time_fn(lambda m=model: m(**inputs), device, 1, 3)["median_ms"], 1)
+                eager["fp8_over_bf16"] = round(eager["fp8_eager_ms"] / eager["bf16_eager_ms"], 3)
+                self.record(**eager)
                 timing = dict(name=f"fp8 vs bf16 compiled forward {resolution}")
                 for tag, model in (("bf16", ref_dit), ("fp8", q_dit)):
                     model.compile_repeated_blocks(fullgraph=True)
