@@ -495,11 +495,10 @@ class Runner:
             )
             del q_skip
             bm.free_memory()
-            # compiled forward time last: a crash while compiling the quantized model loses no error row
-            print(f"fp8 {resolution}: compiling both models for the timing row", flush=True)
-            q_dit = quantized(variant)
-            torch._dynamo.reset()
-            if device.type == "cuda":  # compiled forward time, both models
+            if device.type == "cuda":  # forward time last: a crash while compiling the quantized model loses no error row
+                print(f"fp8 {resolution}: timing both models, eager then compiled", flush=True)
+                q_dit = quantized(variant)
+                torch._dynamo.reset()
                 # eager first (recorded on its own), so a slow or failing compile of the torchao model loses no row
                 eager = dict(name=f"fp8 vs bf16 eager forward {resolution}")
                 for tag, model in (("bf16", ref_dit), ("fp8", q_dit)):
@@ -514,8 +513,9 @@ class Runner:
                         timing[f"{tag}_compiled_ms"] = round(bm.time_fn(lambda m=model: m(**inputs), device, 2, 5)["median_ms"], 1)
                 timing["fp8_over_bf16"] = round(timing["fp8_compiled_ms"] / timing["bf16_compiled_ms"], 3)
                 self.record(**timing)
+                del q_dit
 
-            del ref_dit, q_dit
+            del ref_dit
             torch._dynamo.reset()
             bm.free_memory()
 

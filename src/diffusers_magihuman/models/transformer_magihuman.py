@@ -712,6 +712,13 @@ class MagiHumanFeedForward(nn.Module):
         _add_modules(self, "up_proj", _linear_factory(hidden_size, in_features), num_experts)
         _add_modules(self, "down_proj", _linear_factory(intermediate_size, hidden_size), num_experts)
 
+    def projection_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """`[(up_proj, down_proj)]`: the shared pair, or one pair per modality expert (video, audio, text)."""
+        ups, downs = experts_of(self, "up_proj"), experts_of(self, "down_proj")
+        if isinstance(ups, nn.Module):
+            return [(ups, downs)]
+        return list(zip(ups, downs))
+
     def forward(self, hidden_states: torch.Tensor, token_layout: MagiHumanTokenLayout) -> torch.Tensor:
         r"""
         Args:
@@ -1214,9 +1221,8 @@ class MagiHumanTransformer3DModel(ModelMixin, ConfigMixin, AttentionMixin, Cache
             padded = -(-width // multiple_of) * multiple_of
             if padded == width:
                 continue
-            ups, downs = experts_of(ff, "up_proj"), experts_of(ff, "down_proj")
-            ups = (ups,) if isinstance(ups, nn.Module) else ups
-            downs = (downs,) if isinstance(downs, nn.Module) else downs
+            pairs = ff.projection_pairs()
+            ups, downs = [up for up, _ in pairs], [down for _, down in pairs]
             for linear in ups + downs:
                 if not _is_plain_linear(linear) or linear.bias is not None or linear.weight.device.type == "meta":
                     raise ValueError(

@@ -33,8 +33,6 @@ import torch
 from diffusers.utils import logging
 from torch import nn
 
-from ..models.transformer_magihuman import experts_of
-
 
 logger = logging.get_logger(__name__)
 
@@ -103,19 +101,15 @@ def _fill_dead_swiglu_rows(transformer: nn.Module) -> None:
         ff = getattr(block, "ff", None)
         if ff is None or getattr(ff, "activation", None) != "swiglu7":
             continue
-        ups, downs = experts_of(ff, "up_proj"), experts_of(ff, "down_proj")
-        ups = (ups,) if isinstance(ups, nn.Module) else ups
-        downs = (downs,) if isinstance(downs, nn.Module) else downs
-        width = ff.intermediate_size
-        for up, down in zip(ups, downs):
+        for up, down in ff.projection_pairs():
             if not isinstance(up, nn.Linear) or not isinstance(down, nn.Linear) or up.weight.device.type == "meta":
                 continue
-            dead = (down.weight == 0).all(dim=0)  # channels whose down_proj column is zero
-            if not bool(dead.any()):
+            if up.out_features != 2 * down.in_features:
                 continue
-            rows = torch.cat([dead, dead])  # gate rows [0, width), linear rows [width, 2 * width)
-            zero = (up.weight == 0).all(dim=1) & rows
-            if up.weight.shape[0] == 2 * width and bool(zero.any()):
+            dead = (down.weight == 0).all(dim=0)  # channels whose down_proj column is zero
+            # gate rows [0, width) and linear rows [width, 2 * width) of those channels, where they are zero
+            zero = (up.weight == 0).all(dim=1) & torch.cat([dead, dead])
+            if bool(zero.any()):
                 up.weight[zero] = _DEAD_ROW_VALUE
 
 
@@ -178,7 +172,8 @@ def enable_fp8_compute(
     if callable(pad) and (not width or width % _FP8_ALIGNMENT != 0):
         pad(_FP8_ALIGNMENT)  # exact (zero rows and columns); lets the down projections qualify
     _fill_dead_swiglu_rows(transformer)
-    zero_rows = _linears_with_zero_rows(transformer, fp8_block_linear_filter(skip_layers))
+    base_select = fp8_block_linear_filter(skip_layers)
+    zero_rows = _linears_with_zero_rows(transformer, base_select)
     if zero_rows:
         logger.warning(
             "FP8 compute: %d block linear(s) have an all-zero weight row, whose per-row float8 scale would be zero "
@@ -186,7 +181,6 @@ def enable_fp8_compute(
             len(zero_rows),
             ", ".join(sorted(zero_rows)[:8]) + (" ..." if len(zero_rows) > 8 else ""),
         )
-    base_select = fp8_block_linear_filter(skip_layers)
 
     def select(module: nn.Module, fqn: str) -> bool:
         return base_select(module, fqn) and fqn not in zero_rows
