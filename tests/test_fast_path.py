@@ -180,3 +180,37 @@ def test_auto_compile_skips_sequential_offload(monkeypatch):
     leaf._hf_hook = object()  # what `enable_sequential_cpu_offload` leaves on every leaf
     pipe._maybe_auto_compile(torch.device("cuda"))
     assert not any(_is_compiled(b) for b in pipe.transformer.blocks)
+
+
+def test_auto_compile_steps_aside_for_a_step_cache(monkeypatch):
+    """The step caches' hooks cannot be traced by a `fullgraph=True` compile. A cache enabled after the automatic
+    compile ran undoes that compile (a fullgraph-compiled block with FirstBlockCache raises `Unsupported` otherwise),
+    no compile happens while it is on, and compiling resumes after `disable_cache()`."""
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    from diffusers_magihuman.pipelines import pipeline_magihuman_base
+
+    monkeypatch.setattr(pipeline_magihuman_base, "_has_triton", lambda: True)
+    kw = dict(prompt=PROMPT, height=32, width=32, num_frames=5, num_inference_steps=2, output_type="latent")
+    pipe = make_tiny_pipeline(seed=0)
+    pipe.enable_auto_compile("always", backend="eager", fullgraph=True)
+    pipe._maybe_auto_compile(torch.device("cuda"))
+    assert all(_is_compiled(b) for b in pipe.transformer.blocks)
+
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.05))
+    out = pipe(**kw, generator=torch.Generator().manual_seed(0)).frames  # raised before the fix
+    assert torch.isfinite(out).all()
+    assert not any(_is_compiled(b) for b in pipe.transformer.blocks)
+    pipe._maybe_auto_compile(torch.device("cuda"))  # a CUDA call while the cache is on: still eager
+    assert not any(_is_compiled(b) for b in pipe.transformer.blocks)
+
+    pipe.transformer.disable_cache()
+    pipe._maybe_auto_compile(torch.device("cuda"))
+    assert all(_is_compiled(b) for b in pipe.transformer.blocks)
+
+    # Blocks the user compiled are theirs: left compiled.
+    user = make_tiny_pipeline(seed=0)
+    user.transformer.compile_repeated_blocks(fullgraph=False, backend="eager")
+    user.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.05))
+    user._maybe_auto_compile(torch.device("cuda"))
+    assert all(_is_compiled(b) for b in user.transformer.blocks)

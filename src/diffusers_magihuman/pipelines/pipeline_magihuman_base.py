@@ -207,7 +207,8 @@ class MagiHumanPipelineMixin:
         ~26 GiB more GPU memory. `"always"` compiles on the first call (benchmarks, long
         renders); `False` / `"never"` never compiles. The environment variable `MAGIHUMAN_AUTO_COMPILE` (`0`,
         `auto`, `always`) does the same for processes you do not control. Skipped on CPU, without Triton, under
-        sequential CPU offload, and when the blocks are compiled already; group-offloaded layers stay eager.
+        sequential CPU offload, while a step cache (`transformer.enable_cache`) is on, and when the blocks are compiled
+        already; group-offloaded layers stay eager.
 
         Args:
             enabled (`bool` or `str`, defaults to `True`): `True`/`"auto"`, `"always"` or `False`/`"never"`.
@@ -234,7 +235,9 @@ class MagiHumanPipelineMixin:
 
     def _maybe_auto_compile(self, device: torch.device, num_video_tokens: int = 0) -> None:
         transformer = self.transformer
-        if transformer is None or getattr(transformer, "_magihuman_compile_checked", False):
+        if transformer is None or self._step_cache_on(transformer):
+            return
+        if getattr(transformer, "_magihuman_compile_checked", False):
             return
         mode = self._auto_compile_mode()
         if mode == "never":
@@ -269,6 +272,28 @@ class MagiHumanPipelineMixin:
             "MAGIHUMAN_AUTO_COMPILE=0."
         )
         transformer.compile_repeated_blocks(**compile_kwargs)
+        transformer._magihuman_auto_compiled = True
+
+    @staticmethod
+    def _step_cache_on(transformer) -> bool:
+        """A diffusers step cache (`transformer.enable_cache(...)`) is on: the automatic compile stays out of its way.
+
+        The caches' hooks wrap the blocks with Python-side decisions (and `torch.compiler.disable`d helpers) that a
+        `fullgraph=True` compile cannot trace, so the blocks run eagerly while a cache is on (the speed-ups measured
+        with the caches are against eager). If this pipeline's automatic compile compiled the blocks in an earlier
+        call, that compile is undone here (and redone on a later call after `disable_cache()`); blocks the user
+        compiled are left as they are.
+        """
+        is_on = getattr(transformer, "is_cache_enabled", False)
+        if not is_on:
+            return False
+        if getattr(transformer, "_magihuman_auto_compiled", False):
+            for block in transformer.blocks:
+                block._compiled_call_impl = None  # back to the plain `nn.Module` call, as before `Module.compile()`
+            transformer._magihuman_auto_compiled = False
+            transformer._magihuman_compile_checked = False
+            logger.info("A step cache is on: the DiT blocks compiled by the automatic compile run eagerly again.")
+        return True
 
     def _compile_limits(self):
         """Room for dynamo's graphs while (and only while) the DiT runs, instead of a process-wide setting.
