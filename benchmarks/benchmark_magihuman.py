@@ -199,10 +199,18 @@ def peak_memory(device: torch.device, out: dict):
         out["activations_gb"] = (torch.cuda.max_memory_allocated(device) - before) / GIB
 
 
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds; a tensor subclass (torchao's float8 weights) counts its inner tensors (data + scales),
+    not its outer (bf16) dtype."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is not None:
+        names, _ = flatten()
+        return sum(tensor_bytes(getattr(tensor, name)) for name in names)
+    return tensor.numel() * tensor.element_size()
+
+
 def param_bytes(module: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
-        b.numel() * b.element_size() for b in module.buffers()
-    )
+    return sum(tensor_bytes(p) for p in module.parameters()) + sum(tensor_bytes(b) for b in module.buffers())
 
 
 def cap_memory(device, cap_gib: float) -> dict:

@@ -14,18 +14,26 @@ from diffusers_magihuman.utils.fp8 import enable_fp8_compute, fp8_block_linear_f
 
 @pytest.fixture
 def fake_torchao(monkeypatch):
-    calls = []
+    class Calls(list):
+        configs: list
+
+    calls = Calls()
+    calls_configs = []
     quantization = types.ModuleType("torchao.quantization")
 
     class PerRow:
         pass
 
     class Float8DynamicActivationFloat8WeightConfig:
-        def __init__(self, granularity=None):
+        def __init__(self, granularity=None, set_inductor_config=True):
             self.granularity = granularity
+            self.set_inductor_config = set_inductor_config  # torchao's default: True
 
     def quantize_(model, config, filter_fn=None):
+        # torchao's default rewrites process-wide inductor settings (coordinate-descent tuning of every Triton kernel:
+        # a compile of minutes); the port must turn that off.
         calls.append([name for name, module in model.named_modules() if filter_fn(module, name)])
+        calls_configs.append(config)
 
     quantization.PerRow = PerRow
     quantization.Float8DynamicActivationFloat8WeightConfig = Float8DynamicActivationFloat8WeightConfig
@@ -34,6 +42,7 @@ def fake_torchao(monkeypatch):
     torchao.quantization = quantization
     monkeypatch.setitem(sys.modules, "torchao", torchao)
     monkeypatch.setitem(sys.modules, "torchao.quantization", quantization)
+    calls.configs = calls_configs
     return calls
 
 
@@ -85,6 +94,8 @@ def test_pads_swiglu_to_16_and_quantizes_the_selected_linears(fake_torchao):
     assert {b.ff.intermediate_size for b in model.blocks if b.ff.activation == "swiglu7"} == {96}
     assert len(fake_torchao) == 1 and count == len(fake_torchao[0])
     assert "blocks.1.ff.down_proj" in fake_torchao[0] and "blocks.1.ff.up_proj" in fake_torchao[0]
+    # no process-wide side effect: torchao's inductor-config rewrite is switched off
+    assert [c.set_inductor_config for c in fake_torchao.configs] == [False]
 
 
 def test_padded_rows_get_a_positive_scale_and_the_output_stays_exact(fake_torchao):

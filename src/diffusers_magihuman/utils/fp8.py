@@ -186,5 +186,9 @@ def enable_fp8_compute(
         return base_select(module, fqn) and fqn not in zero_rows
 
     count = sum(1 for name, m in transformer.named_modules() if select(m, name))
-    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=select)
+    # `set_inductor_config=False`: torchao's default rewrites process-wide inductor settings (coordinate-descent
+    # tuning over every Triton kernel among them), which changes every later compile in the process and made the
+    # first compiled call of the 256p stage run for over 5 minutes on an H200 without finishing (bf16: ~22 s).
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    quantize_(transformer, config, filter_fn=select)
     return count
