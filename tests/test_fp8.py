@@ -137,3 +137,26 @@ def test_a_linear_with_a_used_zero_row_stays_in_bf16_with_a_warning(fake_torchao
     assert "blocks.1.attn.to_q" not in fake_torchao[0]
     assert "blocks.1.ff.up_proj" in fake_torchao[0]
     assert "all-zero weight row" in caplog.text and "blocks.1.attn.to_q" in caplog.text
+
+
+def test_quantized_weights_with_a_zero_scale_are_refused_before_any_step():
+    """diffusers' `TorchAoConfig` (float8, per row) on a folder with a zero-padded SwiGLU width quantizes the zero
+    `up_proj` rows with a zero scale: every output would be NaN. The pipeline refuses before the first DiT call and
+    names the layer; positive scales pass. (The real torchao `Float8Tensor` exposes its per-row scales as `.scale`.)"""
+    from diffusers_magihuman.testing_utils import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline(seed=0)
+    up = next(b.ff.up_proj for b in pipe.transformer.blocks if b.ff.activation == "swiglu7")
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda *args: calls.append(1))
+    kw = dict(prompt="A woman says hello.", height=32, width=32, num_frames=5, num_inference_steps=1, output_type="latent")
+
+    up.weight.scale = torch.ones(up.out_features)
+    up.weight.scale[3] = 0.0
+    with pytest.raises(ValueError, match="zero float8 weight scale.*ff.up_proj.*enable_fp8_compute"):
+        pipe(**kw)
+    assert calls == []
+
+    up.weight.scale = torch.ones(up.out_features)
+    pipe(**kw)
+    assert calls

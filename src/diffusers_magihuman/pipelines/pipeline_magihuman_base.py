@@ -724,6 +724,9 @@ class MagiHumanPipelineMixin:
         """Start of a `__call__` (after its inputs are checked): refuses cache/guidance combinations that cannot work
         and marks a new call for the automatic compile policy."""
         self._check_cache_with_guidance()
+        from ..utils.fp8 import check_float8_scales
+
+        check_float8_scales(self.transformer)  # quantized weights that can only give NaN: refused before any step
         self._auto_compile_new_call = True
 
     def _check_cache_with_guidance(self) -> None:

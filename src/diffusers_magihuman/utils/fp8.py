@@ -192,3 +192,40 @@ def enable_fp8_compute(
     config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
     quantize_(transformer, config, filter_fn=select)
     return count
+
+
+def linears_with_zero_float8_scales(transformer: nn.Module) -> list[str]:
+    """Names of quantized linears holding a zero per-row weight scale.
+
+    A float8 weight quantized per row from an all-zero row gets a zero scale, and `0 / 0` makes that row NaN: every
+    output of the layer then turns NaN. It happens when a folder whose SwiGLU width was zero-padded (the converter's
+    default, `pad_swiglu_to_multiple_of=8`) is quantized with diffusers' `TorchAoConfig` (float8, per row) at load time:
+    the padded `up_proj` rows are zero. `enable_fp8_compute` prepares those rows exactly first, so its models never
+    show up here. Works on any weight that exposes a `scale` tensor (torchao's `Float8Tensor`).
+    """
+    found = []
+    for name, module in transformer.named_modules():
+        scale = getattr(getattr(module, "weight", None), "scale", None)
+        if isinstance(scale, torch.Tensor) and scale.numel() and scale.device.type != "meta":
+            if not bool((scale != 0).all()):
+                found.append(name)
+    return found
+
+
+def check_float8_scales(transformer: nn.Module) -> None:
+    """Raise before any step when a quantized linear has a zero float8 scale (its outputs would be NaN).
+
+    Checked once per model (the result is remembered on it): one pass over the weight scales, no forward.
+    """
+    if transformer is None or getattr(transformer, "_magihuman_float8_scales_checked", False):
+        return
+    bad = linears_with_zero_float8_scales(transformer)
+    if bad:
+        raise ValueError(
+            f"{len(bad)} quantized linear(s) of the transformer have a zero float8 weight scale, so every step would "
+            f"give NaN ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}). This happens when a folder with a "
+            "zero-padded SwiGLU width is loaded with `quantization_config=TorchAoConfig(...float8 per row...)`. Load "
+            "it in bf16 and call `diffusers_magihuman.utils.fp8.enable_fp8_compute(pipe.transformer)` instead (it "
+            "prepares the padded rows exactly), or leave these layers out with `modules_to_not_convert`."
+        )
+    transformer._magihuman_float8_scales_checked = True
