@@ -78,6 +78,11 @@ def test_prompts_file_and_num_videos(folders, tmp_path):
         (["--guidance-scale", "5"], "without guidance"),
         (["--latents-in", "{tmp}/none.safetensors"], "does not exist"),
         (["--decoder", "vae", "--model", "{sr540}"], "MagiHumanPipeline"),
+        (["--first-block-cache", "-1"], "--first-block-cache must be a positive number"),
+        (["--first-block-cache", "nan"], "--first-block-cache must be a positive number"),
+        (["--fp8", "--device", "cpu"], "--fp8 needs a CUDA GPU"),
+        (["--fp8", "--dtype", "fp32"], "drop --dtype fp32"),
+        (["--fp8", "--offload", "model"], "use --offload auto or none"),
     ],
 )
 def test_bad_input_refused_before_loading(folders, tmp_path, capsys, monkeypatch, extra, message):
@@ -128,3 +133,24 @@ def test_dry_run_and_prompt_note(folders, tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0 and "nothing was loaded" in captured.out and "no dialogue section" in captured.err
     assert not (tmp_path / "a.mp4").exists()
+
+
+def test_first_block_cache_goes_on_the_base_dit_only(folders, tmp_path, capsys, monkeypatch):
+    """`--first-block-cache T` enables diffusers' FirstBlockCache(threshold=T) on the base stage's DiT, not on the SR
+    DiT, and the chain still writes its video."""
+    from diffusers_magihuman import MagiHumanTransformer3DModel
+
+    enabled = []
+    original = MagiHumanTransformer3DModel.enable_cache
+
+    def record(self, config):
+        enabled.append((self.config.local_attn_layers, type(config).__name__, getattr(config, "threshold", None)))
+        return original(self, config)
+
+    monkeypatch.setattr(MagiHumanTransformer3DModel, "enable_cache", record)
+    out = tmp_path / "cached.mp4"
+    rc = main(["generate", "--model", str(folders / "base"), "--prompt", PROMPT, *SMALL, "--first-block-cache", "0.05",
+               "--sr", "540p", "--sr-model", str(folders / "sr540"), "--sr-steps", "2", "--output", str(out)])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert len(enabled) == 1 and enabled[0][1:] == ("FirstBlockCacheConfig", 0.05)
+    assert read_video_info(out).num_frames == 5

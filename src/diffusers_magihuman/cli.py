@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -416,6 +417,43 @@ def _check_parallel_degree(degree: int, args, world: int) -> None:
         raise UsageError(f"{degree} GPUs requested but {available} CUDA device(s) are visible; use --gpus {max(available, 1)}.")
 
 
+def _check_speed_options(args, parallel: int) -> None:
+    """`--fp8` and `--first-block-cache`: checked before anything is loaded."""
+    threshold = args.first_block_cache
+    if threshold is not None:
+        if not math.isfinite(threshold) or threshold <= 0:
+            raise UsageError(f"--first-block-cache must be a positive number (e.g. 0.05), got {threshold:g}.")
+        if parallel > 1:
+            raise UsageError(
+                "--first-block-cache cannot be combined with several GPUs (each process would decide on its own "
+                "shard which steps to skip); drop one of them."
+            )
+    if not args.fp8:
+        return
+    if args.device == "cpu":
+        raise UsageError("--fp8 needs a CUDA GPU (compute capability 8.9+); drop it with --device cpu.")
+    if args.dtype == "fp32":
+        raise UsageError("--fp8 starts from bf16 weights; drop --dtype fp32.")
+    if args.offload not in ("auto", "none"):
+        raise UsageError(f"--fp8 keeps the quantized DiTs on the GPU; use --offload auto or none, not {args.offload}.")
+    if parallel > 1:
+        raise UsageError("--fp8 cannot be combined with several GPUs yet; drop one of them.")
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is None:
+        raise UsageError("--fp8 needs torchao: pip install 'diffusers-magihuman[fp8]' (or pip install torchao).")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError("--fp8 needs a CUDA GPU (compute capability 8.9+); none is available.")
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) < (8, 9):
+        raise UsageError(
+            f"--fp8 needs compute capability 8.9+ (Ada, Hopper, Blackwell); {torch.cuda.get_device_name()} has "
+            f"{major}.{minor}. Drop --fp8."
+        )
+
+
 def plan_generate(args) -> dict:
     """Checks every argument, input file and output path of `generate`; loads no weights. Returns the plan."""
     from .utils.prompt import check_prompt
@@ -462,6 +500,7 @@ def plan_generate(args) -> dict:
     parallel = max(world, args.gpus)
     if parallel > 1 and args.offload not in ("auto", "none", "stage"):
         raise UsageError(f"--offload {args.offload} cannot be combined with several GPUs; use auto, none or stage.")
+    _check_speed_options(args, parallel)
     for name in ("guidance_scale", "audio_guidance_scale", "sr_guidance_scale"):
         value = getattr(args, name)
         if value is not None and value < 1.0:
@@ -650,6 +689,8 @@ def _place(pipe, args, device: str, plan: dict) -> str:
     import torch
 
     offload = args.offload
+    if offload == "auto" and getattr(args, "fp8", False):
+        offload = "none"  # FP8 DiTs (~16 GB each) stay on the GPU with the rest
     if offload == "auto":
         offload = "stage" if (device == "cuda" and args.sr is not None) else "none"
     if offload == "model":
@@ -674,6 +715,19 @@ def _place(pipe, args, device: str, plan: dict) -> str:
     else:
         pipe.to(device)
     return offload
+
+
+def _apply_speed_options(transformer, args, base_stage: bool) -> None:
+    """`--fp8` on each DiT (already on its GPU); `--first-block-cache` on the base stage's DiT only (the SR stage's
+    5 steps change the latents too much per step for a cache to pay)."""
+    if args.fp8:
+        from .utils.fp8 import enable_fp8_compute
+
+        _stage(f"FP8 compute: {enable_fp8_compute(transformer)} block linears quantized")
+    if base_stage and args.first_block_cache is not None:
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        transformer.enable_cache(FirstBlockCacheConfig(threshold=args.first_block_cache))
 
 
 def _move_dit(module, device: str, offload: str) -> None:
@@ -769,6 +823,7 @@ def _run_generate(args, plan, device, dtype, world: int) -> int:
         _stage(f"loading {args.model} ({str(dtype).replace('torch.', '')}, {device})")
         pipe = MagiHumanPipeline.from_pretrained(args.model, dtype=dtype)
         offload = _place(pipe, args, device, plan)
+        _apply_speed_options(pipe.transformer, args, base_stage=True)
         if args.attention_backend:
             pipe.transformer.set_attention_backend(args.attention_backend)
         _enable_context_parallel(pipe.transformer, world)
@@ -787,6 +842,7 @@ def _run_generate(args, plan, device, dtype, world: int) -> int:
                 sr.enable_model_cpu_offload(device=device)
             elif offload == "none":
                 sr_dit.to(device)
+            _apply_speed_options(sr_dit, args, base_stage=False)
             if args.attention_backend:
                 sr_dit.set_attention_backend(args.attention_backend)
             _enable_context_parallel(sr_dit, world)
@@ -981,6 +1037,14 @@ def _add_generate_arguments(gen: argparse.ArgumentParser) -> None:
                           "CPU offload; `group`: DiT layers streamed, for 24-48 GB cards")
     run.add_argument("--resident-blocks", type=int, default=0,
                      help="with --offload group: DiT layers kept on the GPU, 0.71 GB each (default: 0; 22 fit 24 GB)")
+    run.add_argument("--fp8", action="store_true",
+                     help="FP8 compute for the DiTs' block linears (torchao; Ada/Hopper/Blackwell GPU): faster compiled "
+                          "stages at half the DiT memory, ~2%% latent error on random weights (docs/performance.md); "
+                          "keeps every component on the GPU (--offload none)")
+    run.add_argument("--first-block-cache", type=float, default=None, metavar="THRESHOLD",
+                     help="base-stage step cache (diffusers' FirstBlockCache): later DiT blocks are reused while the "
+                          "first block's output changes less than THRESHOLD; 0.05 is the recommended start for the "
+                          "base model's 32 steps (docs/performance.md); the DiT then runs uncompiled")
     run.add_argument("--no-compile", action="store_true",
                      help="run the DiT eagerly (default: on CUDA its blocks compile on the first call, ~20 s once)")
     run.add_argument("--attention-backend", default=None,
