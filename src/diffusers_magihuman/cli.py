@@ -1038,9 +1038,10 @@ def _add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     run.add_argument("--resident-blocks", type=int, default=0,
                      help="with --offload group: DiT layers kept on the GPU, 0.71 GB each (default: 0; 22 fit 24 GB)")
     run.add_argument("--fp8", action="store_true",
-                     help="FP8 compute for the DiTs' block linears (torchao; Ada/Hopper/Blackwell GPU): faster compiled "
-                          "stages at half the DiT memory, ~2%% latent error on random weights (docs/performance.md); "
-                          "keeps every component on the GPU (--offload none)")
+                     help="FP8 compute for the DiTs' block linears (torchao; Ada/Hopper/Blackwell GPU): half the DiT "
+                          "memory, ~2%% latent error on random weights, and faster stages once compiled (the 1080p SR "
+                          "stage, and every clip after the first of a --prompts-file; a single 256p/540p clip runs "
+                          "eagerly, where FP8 is not faster) (docs/performance.md); keeps every component on the GPU")
     run.add_argument("--first-block-cache", type=float, default=None, metavar="THRESHOLD",
                      help="base-stage step cache (diffusers' FirstBlockCache): later DiT blocks are reused while the "
                           "first block's output changes less than THRESHOLD; 0.05 is the recommended start for the "
