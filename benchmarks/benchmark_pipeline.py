@@ -23,7 +23,8 @@ either), Turbo-VAE decode, Oobleck audio decode, `output_type="np"`:
 
 * 256p: the distilled base stage (8 steps) + decode;
 * 540p / 1080p: the 256p base stage to latents, then the SR stage (5 steps; 1080p with local attention) + decode,
-  timed per stage and (unless `--offload-base-for-sr`) as one chained call, as in the original's table (base 1.6 s + SR 5.1 / 31.0 s + Turbo-VAE 1.3 / 5.8 s on an H100).
+  timed per stage and (unless `--offload-base-for-sr`) as one chained call, as in the original's table (base 1.6 s
+  + SR 5.1 / 31.0 s + Turbo-VAE 1.3 / 5.8 s on an H100).
 
 Each is timed on its second call (the first compiles) and split into stages with `output_type="latent"` calls. Peak
 GPU memory is reported per call; a card larger than `--cap-gib` (an H200) is capped to it, so memory numbers are an

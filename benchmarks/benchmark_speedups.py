@@ -508,12 +508,12 @@ class Runner:
                         eager[f"{tag}_eager_ms"] = round(bm.time_fn(lambda m=model: m(**inputs), device, 1, 3)["median_ms"], 1)
                 eager["fp8_over_bf16"] = round(eager["fp8_eager_ms"] / eager["bf16_eager_ms"], 3)
                 self.record(**eager)
-                timing = dict(name=f"fp8 vs bf16 compiled forward {resolution}")
-                for tag, model in (("bf16", ref_dit), ("fp8", q_dit)) if self.args.fp8_timing == "compiled" else ():
-                    model.compile_repeated_blocks(fullgraph=True)
-                    with torch.no_grad():
-                        timing[f"{tag}_compiled_ms"] = round(bm.time_fn(lambda m=model: m(**inputs), device, 2, 5)["median_ms"], 1)
                 if self.args.fp8_timing == "compiled":
+                    timing = dict(name=f"fp8 vs bf16 compiled forward {resolution}")
+                    for tag, model in (("bf16", ref_dit), ("fp8", q_dit)):
+                        model.compile_repeated_blocks(fullgraph=True)
+                        with torch.no_grad():
+                            timing[f"{tag}_compiled_ms"] = round(bm.time_fn(lambda m=model: m(**inputs), device, 2, 5)["median_ms"], 1)
                     timing["fp8_over_bf16"] = round(timing["fp8_compiled_ms"] / timing["bf16_compiled_ms"], 3)
                     self.record(**timing)
                 del q_dit

@@ -14,11 +14,11 @@ from diffusers_magihuman.utils.fp8 import enable_fp8_compute, fp8_block_linear_f
 
 @pytest.fixture
 def fake_torchao(monkeypatch):
-    class Calls(list):
+    class Calls(list):  # the selected names of each quantize_ call; `.configs`: the configs it was given
         configs: list
 
     calls = Calls()
-    calls_configs = []
+    calls.configs = []
     quantization = types.ModuleType("torchao.quantization")
 
     class PerRow:
@@ -33,7 +33,7 @@ def fake_torchao(monkeypatch):
         # torchao's default rewrites process-wide inductor settings (coordinate-descent tuning of every Triton kernel:
         # a compile of minutes); the port must turn that off.
         calls.append([name for name, module in model.named_modules() if filter_fn(module, name)])
-        calls_configs.append(config)
+        calls.configs.append(config)
 
     quantization.PerRow = PerRow
     quantization.Float8DynamicActivationFloat8WeightConfig = Float8DynamicActivationFloat8WeightConfig
@@ -42,7 +42,6 @@ def fake_torchao(monkeypatch):
     torchao.quantization = quantization
     monkeypatch.setitem(sys.modules, "torchao", torchao)
     monkeypatch.setitem(sys.modules, "torchao.quantization", quantization)
-    calls.configs = calls_configs
     return calls
 
 

@@ -442,16 +442,11 @@ def _check_speed_options(args, parallel: int) -> None:
 
     if importlib.util.find_spec("torchao") is None:
         raise UsageError("--fp8 needs torchao: pip install 'diffusers-magihuman[fp8]' (or pip install torchao).")
-    import torch
+    from .utils.fp8 import fp8_device_problem
 
-    if not torch.cuda.is_available():
-        raise UsageError("--fp8 needs a CUDA GPU (compute capability 8.9+); none is available.")
-    major, minor = torch.cuda.get_device_capability()
-    if (major, minor) < (8, 9):
-        raise UsageError(
-            f"--fp8 needs compute capability 8.9+ (Ada, Hopper, Blackwell); {torch.cuda.get_device_name()} has "
-            f"{major}.{minor}. Drop --fp8."
-        )
+    problem = fp8_device_problem()
+    if problem:
+        raise UsageError(f"--fp8: {problem} Drop --fp8.")
 
 
 def plan_generate(args) -> dict:
@@ -689,7 +684,7 @@ def _place(pipe, args, device: str, plan: dict) -> str:
     import torch
 
     offload = args.offload
-    if offload == "auto" and getattr(args, "fp8", False):
+    if offload == "auto" and args.fp8:
         offload = "none"  # FP8 DiTs (~16 GB each) stay on the GPU with the rest
     if offload == "auto":
         offload = "stage" if (device == "cuda" and args.sr is not None) else "none"

@@ -26,6 +26,7 @@ import torch
 from diffusers.utils import logging
 
 from ..constants import DEFAULT_FPS, DEFAULT_NEGATIVE_PROMPT, TEXT_MAX_SEQUENCE_LENGTH, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
+from ..utils.fp8 import check_float8_scales
 from .pipeline_output import MagiHumanPipelineOutput
 
 
@@ -235,7 +236,7 @@ class MagiHumanPipelineMixin:
 
     def _maybe_auto_compile(self, device: torch.device, num_video_tokens: int = 0) -> None:
         transformer = self.transformer
-        if transformer is None or self._step_cache_on(transformer):
+        if transformer is None or self._step_aside_for_step_cache(transformer):
             return
         if getattr(transformer, "_magihuman_compile_checked", False):
             return
@@ -275,8 +276,9 @@ class MagiHumanPipelineMixin:
         transformer._magihuman_auto_compiled = True
 
     @staticmethod
-    def _step_cache_on(transformer) -> bool:
-        """A diffusers step cache (`transformer.enable_cache(...)`) is on: the automatic compile stays out of its way.
+    def _step_aside_for_step_cache(transformer) -> bool:
+        """Whether a diffusers step cache (`transformer.enable_cache(...)`) is on, so the automatic compile must stay
+        out of its way.
 
         The caches' hooks wrap the blocks with Python-side decisions (and `torch.compiler.disable`d helpers) that a
         `fullgraph=True` compile cannot trace, so the blocks run eagerly while a cache is on (the speed-ups measured
@@ -284,8 +286,7 @@ class MagiHumanPipelineMixin:
         call, that compile is undone here (and redone on a later call after `disable_cache()`); blocks the user
         compiled are left as they are.
         """
-        is_on = getattr(transformer, "is_cache_enabled", False)
-        if not is_on:
+        if not getattr(transformer, "is_cache_enabled", False):
             return False
         if getattr(transformer, "_magihuman_auto_compiled", False):
             for block in transformer.blocks:
@@ -724,8 +725,6 @@ class MagiHumanPipelineMixin:
         """Start of a `__call__` (after its inputs are checked): refuses cache/guidance combinations that cannot work
         and marks a new call for the automatic compile policy."""
         self._check_cache_with_guidance()
-        from ..utils.fp8 import check_float8_scales
-
         check_float8_scales(self.transformer)  # quantized weights that can only give NaN: refused before any step
         self._auto_compile_new_call = True
 

@@ -66,21 +66,29 @@ def fp8_block_linear_filter(skip_layers: Iterable[int] = ()) -> Callable[[nn.Mod
     return select
 
 
-def _check_fp8_device(transformer: nn.Module) -> None:
-    devices = {p.device for p in transformer.parameters()}
-    cuda = [d for d in devices if d.type == "cuda"]
-    if not cuda and not torch.cuda.is_available():
-        raise RuntimeError(
-            "FP8 compute needs an NVIDIA GPU with float8 tensor cores (compute capability 8.9+: Ada, Hopper, "
-            "Blackwell); no CUDA device is available. Run the model in bf16 instead."
-        )
-    device = cuda[0] if cuda else torch.device("cuda", torch.cuda.current_device())
+def fp8_device_problem(device: torch.device | None = None) -> str | None:
+    """Why FP8 compute cannot run on `device` (default: the current CUDA device), or `None` when it can."""
+    if device is None or device.type != "cuda":
+        if not torch.cuda.is_available():
+            return (
+                "FP8 compute needs an NVIDIA GPU with float8 tensor cores (compute capability 8.9+: Ada, Hopper, "
+                "Blackwell); no CUDA device is available."
+            )
+        device = torch.device("cuda", torch.cuda.current_device())
     capability = torch.cuda.get_device_capability(device)
     if capability < (8, 9):
-        raise RuntimeError(
+        return (
             f"FP8 compute needs compute capability 8.9+ (Ada, Hopper, Blackwell); {torch.cuda.get_device_name(device)} "
-            f"has {capability[0]}.{capability[1]}. Run the model in bf16 instead."
+            f"has {capability[0]}.{capability[1]}."
         )
+    return None
+
+
+def _check_fp8_device(transformer: nn.Module) -> None:
+    cuda = [p.device for p in transformer.parameters() if p.device.type == "cuda"]
+    problem = fp8_device_problem(cuda[0] if cuda else None)
+    if problem:
+        raise RuntimeError(f"{problem} Run the model in bf16 instead.")
 
 
 # The value written into `up_proj` rows whose channel `down_proj` ignores (see `_fill_dead_swiglu_rows`).
