@@ -303,3 +303,39 @@ def test_sr_from_decoded_frames_and_with_image(pipe):
     assert out.frames.shape == (1, 48, 2, 4, 4)
     torch.testing.assert_close(out.frames[:, :, :1], sr.encode_image(image, 64, 64, 1, torch.device("cpu")))
     torch.testing.assert_close(out.audio, base.audio)  # the base audio is returned
+
+
+def _whole_clip_to_numpy(video: torch.Tensor) -> np.ndarray:
+    """The straightforward whole-tensor version of the pipelines' conversion to a numpy video."""
+    frames = (video.float().clamp(-1.0, 1.0) * 0.5 + 0.5).clamp(0.0, 1.0)
+    return frames.permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+def _decoder_like_video(device: str, dtype: torch.dtype, frames: int = 9, height: int = 24, width: int = 40):
+    g = torch.Generator().manual_seed(0)
+    video = (torch.randn(2, 3, frames, height, width, generator=g) * 0.8).to(dtype)  # some values outside [-1, 1]
+    video.view(-1)[:3] = torch.tensor([-1.0, 1.0, 0.0], dtype=dtype)
+    return video.to(device)
+
+
+def test_video_to_numpy_matches_the_whole_clip_conversion_on_cpu():
+    from diffusers_magihuman.pipelines.pipeline_magihuman_base import video_to_numpy
+
+    for dtype in (torch.float32, torch.bfloat16):
+        video = _decoder_like_video("cpu", dtype)
+        array = video_to_numpy(video)
+        assert array.dtype == np.float32 and array.shape == (2, 9, 24, 40, 3)
+        # the same element-wise float32 operations in the same order: identical values
+        np.testing.assert_array_equal(array, _whole_clip_to_numpy(video))
+        assert array.min() >= 0.0 and array.max() <= 1.0
+
+
+@pytest.mark.gpu
+def test_video_to_numpy_in_pieces_matches_the_whole_clip_conversion_on_cuda(monkeypatch):
+    from diffusers_magihuman.pipelines import pipeline_magihuman_base as base
+
+    monkeypatch.setattr(base, "_HOST_COPY_PIXELS", 2 * 24 * 40 * 2)  # 2 frames a piece: 5 pieces, both buffers reused
+    for dtype in (torch.float32, torch.bfloat16):
+        video = _decoder_like_video("cuda", dtype)
+        # element-wise float32 operations on the GPU round like the CPU's: the pieces must give identical values
+        np.testing.assert_array_equal(base.video_to_numpy(video), _whole_clip_to_numpy(video))
