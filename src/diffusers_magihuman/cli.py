@@ -939,7 +939,7 @@ def _decode_and_write(pipe, job: Job, args) -> None:
         for v, path in enumerate(job.outputs):
             video = job.results["video"][v : v + 1]
             audio = job.results["audio"][v : v + 1]
-            frames = pipe.postprocess_video(pipe.decode_latents(video, args.decoder), "np")[0]
+            frames = pipe.postprocess_video(pipe._decode_latents_raw(video, args.decoder), "np")[0]
             wave = pipe.postprocess_audio(pipe.decode_audio_latents(audio), "np")[0]
             export_to_video(frames, path, fps=FPS, audio=wave, audio_sample_rate=pipe.audio_sample_rate,
                             overwrite=args.overwrite)  # fmt: skip
