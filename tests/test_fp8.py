@@ -159,3 +159,86 @@ def test_quantized_weights_with_a_zero_scale_are_refused_before_any_step():
     up.weight.scale = torch.ones(up.out_features)
     pipe(**kw)
     assert calls
+
+
+def _quantize_like_torchao_per_row(weight: torch.Tensor):
+    """A float8 per-row quantization as torchao's (scale = row amax / 448, values = weight / scale in e4m3), attached to
+    a plain tensor as `.qdata` / `.scale`: an all-zero row gets a zero scale and NaN values (0 / 0)."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1, keepdim=True) / torch.finfo(torch.float8_e4m3fn).max
+    qdata = (w / scale).to(torch.float8_e4m3fn)
+    stub = torch.nn.Parameter(weight.detach().clone(), requires_grad=False)
+    stub.qdata, stub.scale = qdata, scale
+    return stub
+
+
+def _padded_model_quantized_at_load():
+    """A tiny model padded like a converted folder (84 -> 96: 12 dead channels), whose swiglu up_proj weights look
+    like what `TorchAoConfig` float8 per-row quantization leaves: zero scales and NaN values on the padded rows."""
+    model = make_tiny_transformer(hidden_size=32, swiglu7_intermediate_size=84).pad_swiglu_(16)
+    up = next(b.ff.up_proj for b in model.blocks if b.ff.activation == "swiglu7")
+    quantized = _quantize_like_torchao_per_row(up.weight)
+    assert (quantized.scale == 0).sum() == 24 and quantized.qdata.float().isnan().any()
+    return model, up, quantized
+
+
+def test_zero_scale_rows_of_padded_swiglu_channels_are_repaired_exactly():
+    from diffusers_magihuman.utils.fp8 import check_float8_scales, linears_with_zero_float8_scales
+
+    model, up, quantized = _padded_model_quantized_at_load()
+    dead_rows = quantized.scale.reshape(-1) == 0
+    live_qdata, live_scale = quantized.qdata[~dead_rows].clone(), quantized.scale[~dead_rows].clone()
+    up.weight = quantized
+    assert linears_with_zero_float8_scales(model) == ["blocks.1.ff.up_proj"]
+    check_float8_scales(model)  # repairs instead of refusing
+    assert linears_with_zero_float8_scales(model) == []
+    # dead rows: float8 +0 with a unit scale, so their outputs are exactly 0, as the padded checkpoint's zero rows give
+    assert (quantized.qdata[dead_rows].view(torch.uint8) == 0).all() and (quantized.scale[dead_rows] == 1).all()
+    # live rows untouched, bit for bit
+    assert torch.equal(quantized.qdata[~dead_rows].view(torch.uint8), live_qdata.view(torch.uint8))
+    assert torch.equal(quantized.scale[~dead_rows], live_scale)
+
+
+def test_a_zero_scale_on_a_live_channel_is_still_refused():
+    from diffusers_magihuman.utils.fp8 import check_float8_scales
+
+    model, up, _ = _padded_model_quantized_at_load()
+    with torch.no_grad():
+        up.weight[5] = 0  # gate row of live channel 5: its down_proj column is not zero
+    quantized = _quantize_like_torchao_per_row(up.weight)
+    up.weight = quantized
+    with pytest.raises(ValueError, match="zero float8 weight scale.*blocks.1.ff.up_proj"):
+        check_float8_scales(model)
+    assert (quantized.scale == 0).sum() == 25  # nothing was changed: the padded rows are not repaired one by one
+
+
+def test_torchao_config_load_of_a_padded_folder_runs_and_matches_enable_fp8_compute(tmp_path, monkeypatch):
+    """The real route: diffusers' `TorchAoConfig` float8 per-row quantization while loading a padded folder (NaN
+    outputs before the repair), on the CPU (torchao's hardware check patched out; needs torchao, so skipped in CI)."""
+    torchao = pytest.importorskip("torchao")
+    from diffusers import TorchAoConfig
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+    from torchao.quantization import quant_api
+
+    from diffusers_magihuman import MagiHumanTransformer3DModel
+    from diffusers_magihuman.utils.fp8 import check_float8_scales
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    model = make_tiny_transformer(hidden_size=32, swiglu7_intermediate_size=84).pad_swiglu_(16)
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    config = TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    loaded = MagiHumanTransformer3DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16, quantization_config=config)
+    ours = MagiHumanTransformer3DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    enable_fp8_compute(ours, check_device=False)
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(*s, generator=g).to(torch.bfloat16) for s in ((1, 48, 2, 4, 4), (1, 5, 64), (1, 7, 16))]
+    with torch.no_grad():
+        assert loaded(*inputs, return_dict=False)[0].isnan().any()  # the bug the repair fixes
+        check_float8_scales(loaded)
+        out, expected = loaded(*inputs, return_dict=False), ours(*inputs, return_dict=False)
+    # the same float8 linears with the same values on both routes (dead rows: zeros vs a tiny constant, both
+    # multiplied by zero down_proj columns), so the same GEMMs: identical outputs
+    for a, b in zip(out, expected):
+        assert not a.isnan().any()
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert torchao is not None

@@ -202,38 +202,104 @@ def enable_fp8_compute(
     return count
 
 
+def _zero_scale_rows(weight) -> torch.Tensor | None:
+    """Boolean mask of the output rows whose per-row float8 scale is zero, or `None` when `weight` holds no such
+    per-row scale (a plain tensor, or a scale of another granularity)."""
+    scale = getattr(weight, "scale", None)
+    if not isinstance(scale, torch.Tensor) or not scale.numel() or scale.device.type == "meta":
+        return None
+    rows = weight.shape[0]
+    if scale.shape[0] != rows or scale.numel() != rows:
+        return None if bool((scale != 0).all()) else torch.ones(rows, dtype=torch.bool, device=scale.device)
+    return scale.reshape(rows) == 0
+
+
+def _zero_columns(weight) -> torch.Tensor:
+    """Boolean mask of the all-zero input columns of a plain or torchao float8 weight `(out, in)`."""
+    qdata = getattr(weight, "qdata", None)
+    if isinstance(qdata, torch.Tensor) and qdata.element_size() == 1:
+        # float8 e4m3 / e5m2: +0 and -0 are the bit patterns 0x00 and 0x80 (a zero column quantizes to zeros)
+        return ((qdata.view(torch.uint8) & 0x7F) == 0).all(dim=0)
+    return (weight == 0).all(dim=0)
+
+
+@torch.no_grad()
+def repair_dead_float8_rows(transformer: nn.Module) -> list[str]:
+    """Make the zero-scale float8 rows of padded SwiGLU channels exact zeros again, in place; returns the linears fixed.
+
+    A folder whose SwiGLU width was zero-padded (the converter's default) has all-zero `up_proj` rows for the padded
+    channels. Quantized per row at load time (diffusers' `TorchAoConfig` with torchao's float8 per-row config) those
+    rows get a zero scale and NaN values, and every output of the layer turns NaN. The channels are dead: their
+    `down_proj` columns are zero. Setting such a row's float8 values to 0 and its scale to 1 makes its output exactly
+    the zero the unquantized row gives, so the model computes what the checkpoint says. Only rows whose channel's
+    `down_proj` column is zero are touched; any other zero scale is left for `check_float8_scales` to refuse.
+    """
+    fixed = []
+    for index, block in enumerate(getattr(transformer, "blocks", ())):
+        ff = getattr(block, "ff", None)
+        if ff is None or getattr(ff, "activation", None) != "swiglu7" or not hasattr(ff, "projection_pairs"):
+            continue
+        for up, down in ff.projection_pairs():
+            weight = getattr(up, "weight", None)
+            zero = _zero_scale_rows(weight) if weight is not None else None
+            qdata = getattr(weight, "qdata", None)
+            if zero is None or not bool(zero.any()) or not isinstance(qdata, torch.Tensor) or qdata.element_size() != 1:
+                continue
+            width = getattr(down, "in_features", None)
+            if width is None or weight.shape[0] != 2 * width:
+                continue
+            dead = _zero_columns(down.weight).to(zero.device)
+            if not bool((zero <= torch.cat([dead, dead])).all()):
+                continue  # a zero scale on a live channel: not ours to change
+            rows = zero.nonzero().flatten()
+            qdata.view(torch.uint8)[rows] = 0  # +0.0 in float8
+            weight.scale.view(-1)[rows] = 1.0
+            name = next((n for n, m in transformer.named_modules() if m is up), f"blocks.{index}.ff.up_proj")
+            fixed.append(name)
+    return fixed
+
+
 def linears_with_zero_float8_scales(transformer: nn.Module) -> list[str]:
     """Names of quantized linears holding a zero per-row weight scale.
 
     A float8 weight quantized per row from an all-zero row gets a zero scale, and `0 / 0` makes that row NaN: every
     output of the layer then turns NaN. It happens when a folder whose SwiGLU width was zero-padded (the converter's
     default, `pad_swiglu_to_multiple_of=8`) is quantized with diffusers' `TorchAoConfig` (float8, per row) at load time:
-    the padded `up_proj` rows are zero. `enable_fp8_compute` prepares those rows exactly first, so its models never
-    show up here. Works on any weight that exposes a `scale` tensor (torchao's `Float8Tensor`).
+    the padded `up_proj` rows are zero (`repair_dead_float8_rows` fixes those exactly; the pipelines call it).
+    `enable_fp8_compute` prepares the rows before quantizing, so its models never show up here. Works on any weight
+    that exposes a `scale` tensor (torchao's `Float8Tensor`).
     """
     found = []
     for name, module in transformer.named_modules():
-        scale = getattr(getattr(module, "weight", None), "scale", None)
-        if isinstance(scale, torch.Tensor) and scale.numel() and scale.device.type != "meta":
-            if not bool((scale != 0).all()):
-                found.append(name)
+        zero = _zero_scale_rows(getattr(module, "weight", None))
+        if zero is not None and bool(zero.any()):
+            found.append(name)
     return found
 
 
 def check_float8_scales(transformer: nn.Module) -> None:
-    """Raise before any step when a quantized linear has a zero float8 scale (its outputs would be NaN).
+    """Before any step: repair the padded SwiGLU rows of float8 weights quantized at load time
+    (`repair_dead_float8_rows`, exact), then raise if any other quantized linear has a zero float8 scale (its outputs
+    would be NaN).
 
-    Checked once per model (the result is remembered on it): one pass over the weight scales, no forward.
+    Done once per model (remembered on it): one pass over the weight scales, no forward.
     """
     if transformer is None or getattr(transformer, "_magihuman_float8_scales_checked", False):
         return
+    fixed = repair_dead_float8_rows(transformer)
+    if fixed:
+        logger.info(
+            "Float8 weights: the zero-padded SwiGLU rows of %d up_proj layer(s) had a zero per-row scale (NaN); set to "
+            "exact zeros, as in the unquantized checkpoint.",
+            len(fixed),
+        )
     bad = linears_with_zero_float8_scales(transformer)
     if bad:
         raise ValueError(
             f"{len(bad)} quantized linear(s) of the transformer have a zero float8 weight scale, so every step would "
-            f"give NaN ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}). This happens when a folder with a "
-            "zero-padded SwiGLU width is loaded with `quantization_config=TorchAoConfig(...float8 per row...)`. Load "
-            "it in bf16 and call `diffusers_magihuman.utils.fp8.enable_fp8_compute(pipe.transformer)` instead (it "
-            "prepares the padded rows exactly), or leave these layers out with `modules_to_not_convert`."
+            f"give NaN ({', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}). A per-row float8 scale is zero where a "
+            "weight row is all zeros and that row is not a padded SwiGLU channel this package can repair. Load the "
+            "model in bf16 and call `diffusers_magihuman.utils.fp8.enable_fp8_compute(pipe.transformer)` instead (it "
+            "keeps such layers in bf16), or leave these layers out with `modules_to_not_convert`."
         )
     transformer._magihuman_float8_scales_checked = True
