@@ -52,14 +52,15 @@ import benchmark_magihuman as bm  # noqa: E402  (also puts the source checkout o
 from benchmark_pipeline import build_audio_vae  # noqa: E402
 
 from diffusers_magihuman import MagiHumanPipeline, MagiHumanScheduler  # noqa: E402
+from diffusers_magihuman.pipelines.pipeline_magihuman_base import _to_unit_range  # noqa: E402
 
 
 GIB = 1024**3
 
 
 def legacy_to_numpy(video: torch.Tensor):
-    frames = (video.float().clamp(-1.0, 1.0) * 0.5 + 0.5).clamp(0.0, 1.0)
-    return frames.permute(0, 2, 3, 4, 1).cpu().numpy()
+    """The earlier copy to numpy: the whole clip scaled on its device, then one (pageable) copy to the host."""
+    return _to_unit_range(video).permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
 def main(argv=None):
@@ -110,9 +111,8 @@ def main(argv=None):
     for resolution in [r for r in args.resolutions.split(",") if r]:
         s = bm.clip_shapes(resolution, args.seconds, args.tiny)
         g = torch.Generator().manual_seed(0)
-        channels = turbo.config.latent_channels if hasattr(turbo.config, "latent_channels") else 48
-        latents = torch.randn(1, channels, s["latent_frames"], s["latent_height"], s["latent_width"], generator=g)
-        latents = latents.to(device)
+        latent_shape = (1, 48, s["latent_frames"], s["latent_height"], s["latent_width"])  # the DiT's 48 channels
+        latents = torch.randn(*latent_shape, generator=g).to(device)
         audio_latents = torch.randn(1, s["audio_frames"], 64, generator=g).to(device)
         row = {"resolution": resolution}
         raw, row["turbo_decode_s"], _ = timed(lambda: pipe._decode_latents_raw(latents, "turbo"))

@@ -119,6 +119,12 @@ def report_non_finite(x, stage: str) -> None:
         )
 
 
+def _to_unit_range(video: torch.Tensor) -> torch.Tensor:
+    """Decoder output in about `[-1, 1]` -> float32 frames in `[0, 1]`: `(clamp(x, -1, 1) * 0.5 + 0.5).clamp(0, 1)`
+    (the uint8 conversion truncates later, as the original)."""
+    return (video.float().clamp(-1.0, 1.0) * 0.5 + 0.5).clamp(0.0, 1.0)
+
+
 # Pixels per piece on the way to a numpy array: two 1088x1920 frames, 48 MiB of float32 per pinned staging buffer
 # (torch keeps the two buffers in its pinned-memory cache for the next call).
 _HOST_COPY_PIXELS = 2 * 1088 * 1920
@@ -128,15 +134,14 @@ _HOST_COPY_PIXELS = 2 * 1088 * 1920
 def video_to_numpy(video: torch.Tensor) -> np.ndarray:
     """Decoder output `(B, 3, F, H, W)` in about `[-1, 1]`, any float dtype -> float32 array `(B, F, H, W, 3)` in `[0, 1]`.
 
-    The values are `(clamp(x, -1, 1) * 0.5 + 0.5).clamp(0, 1)` in float32, computed element by element exactly as
-    a whole-tensor version would. A CUDA video goes to the host a few frames at a time through two pinned buffers,
-    so the cast, the scaling and the device-to-host copy of one piece overlap the host-side copy of the previous
-    one, and no float32 copy of the whole clip is made on the GPU (3 GiB for a 5 s 1080p clip).
+    The values are `_to_unit_range(video)`'s, computed element by element exactly as on the whole tensor. A CUDA video
+    goes to the host a few frames at a time through two pinned buffers, so the cast, the scaling and the
+    device-to-host copy of one piece overlap the host-side copy of the previous one, and no float32 copy of the whole
+    clip is made on the GPU (3 GiB for a 5 s 1080p clip).
     """
     batch, channels, num_frames, height, width = video.shape
     if video.device.type != "cuda":
-        frames = (video.float().clamp(-1.0, 1.0) * 0.5 + 0.5).clamp(0.0, 1.0)
-        return frames.permute(0, 2, 3, 4, 1).cpu().numpy()
+        return _to_unit_range(video).permute(0, 2, 3, 4, 1).cpu().numpy()
     out = np.empty((batch, num_frames, height, width, channels), dtype=np.float32)
     host = torch.from_numpy(out)
     step = max(1, _HOST_COPY_PIXELS // max(1, batch * height * width))
@@ -155,12 +160,12 @@ def video_to_numpy(video: torch.Tensor) -> np.ndarray:
             if pending[index] is not None:
                 drain(index)
             frames = slice(start, min(start + step, num_frames))
-            chunk = (video[:, :, frames].float().clamp(-1.0, 1.0) * 0.5 + 0.5).clamp(0.0, 1.0)
+            chunk = _to_unit_range(video[:, :, frames])
             staging[index][:, : frames.stop - frames.start].copy_(chunk.permute(0, 2, 3, 4, 1), non_blocking=True)
             event = torch.cuda.Event()
             event.record()
             pending[index] = (event, frames)
-    for index in sorted(range(2), key=lambda i: pending[i][1].start if pending[i] is not None else -1):
+    for index in range(2):  # the pieces still in flight fill disjoint frames: any order
         if pending[index] is not None:
             drain(index)
     return out
@@ -671,8 +676,7 @@ class MagiHumanPipelineMixin:
         `"pil"`: lists of `PIL.Image` frames (truncating uint8 cast, as the original).
         """
         if output_type == "pt":
-            frames = (video.float().clamp(-1.0, 1.0) * 0.5 + 0.5).clamp(0.0, 1.0)
-            return frames.permute(0, 2, 1, 3, 4).contiguous()
+            return _to_unit_range(video).permute(0, 2, 1, 3, 4).contiguous()
         array = video_to_numpy(video)
         if output_type == "np":
             return array

@@ -95,6 +95,30 @@ def _check_fp8_device(transformer: nn.Module) -> None:
 _DEAD_ROW_VALUE = 2.0**-16
 
 
+def _swiglu_projection_pairs(transformer: nn.Module):
+    """Yield `(up_proj, down_proj)` of every swiglu7 feed-forward (one pair per modality expert) whose `up_proj` holds
+    the gate rows `[0, width)` and linear rows `[width, 2 * width)` of `down_proj`'s `width` input channels."""
+    for block in getattr(transformer, "blocks", ()):
+        ff = getattr(block, "ff", None)
+        if ff is None or getattr(ff, "activation", None) != "swiglu7":
+            continue
+        for up, down in ff.projection_pairs():
+            if not isinstance(up, nn.Linear) or not isinstance(down, nn.Linear) or up.weight.device.type == "meta":
+                continue
+            if up.weight.shape[0] == 2 * down.in_features:
+                yield up, down
+
+
+def _zero_columns(weight) -> torch.Tensor:
+    """Boolean mask of the all-zero input columns of a plain or torchao float8 weight `(out, in)`: the channels a
+    `down_proj` ignores."""
+    qdata = getattr(weight, "qdata", None)
+    if isinstance(qdata, torch.Tensor) and qdata.element_size() == 1:
+        # float8 e4m3 / e5m2: +0 and -0 are the bit patterns 0x00 and 0x80 (a zero column quantizes to zeros)
+        return ((qdata.view(torch.uint8) & 0x7F) == 0).all(dim=0)
+    return (weight == 0).all(dim=0)
+
+
 @torch.no_grad()
 def _fill_dead_swiglu_rows(transformer: nn.Module) -> None:
     """Give the zero `up_proj` rows of channels that `down_proj` ignores a small constant value.
@@ -105,20 +129,12 @@ def _fill_dead_swiglu_rows(transformer: nn.Module) -> None:
     whatever its activation is (the SwiGLU activation of finite inputs is finite), so its `up_proj` rows can hold any
     finite value: this keeps the model's output exactly as it was and every row's scale positive.
     """
-    for block in getattr(transformer, "blocks", ()):
-        ff = getattr(block, "ff", None)
-        if ff is None or getattr(ff, "activation", None) != "swiglu7":
-            continue
-        for up, down in ff.projection_pairs():
-            if not isinstance(up, nn.Linear) or not isinstance(down, nn.Linear) or up.weight.device.type == "meta":
-                continue
-            if up.out_features != 2 * down.in_features:
-                continue
-            dead = (down.weight == 0).all(dim=0)  # channels whose down_proj column is zero
-            # gate rows [0, width) and linear rows [width, 2 * width) of those channels, where they are zero
-            zero = (up.weight == 0).all(dim=1) & torch.cat([dead, dead])
-            if bool(zero.any()):
-                up.weight[zero] = _DEAD_ROW_VALUE
+    for up, down in _swiglu_projection_pairs(transformer):
+        dead = _zero_columns(down.weight)
+        # gate rows [0, width) and linear rows [width, 2 * width) of those channels, where they are zero
+        zero = (up.weight == 0).all(dim=1) & torch.cat([dead, dead])
+        if bool(zero.any()):
+            up.weight[zero] = _DEAD_ROW_VALUE
 
 
 @torch.no_grad()
@@ -214,15 +230,6 @@ def _zero_scale_rows(weight) -> torch.Tensor | None:
     return scale.reshape(rows) == 0
 
 
-def _zero_columns(weight) -> torch.Tensor:
-    """Boolean mask of the all-zero input columns of a plain or torchao float8 weight `(out, in)`."""
-    qdata = getattr(weight, "qdata", None)
-    if isinstance(qdata, torch.Tensor) and qdata.element_size() == 1:
-        # float8 e4m3 / e5m2: +0 and -0 are the bit patterns 0x00 and 0x80 (a zero column quantizes to zeros)
-        return ((qdata.view(torch.uint8) & 0x7F) == 0).all(dim=0)
-    return (weight == 0).all(dim=0)
-
-
 @torch.no_grad()
 def repair_dead_float8_rows(transformer: nn.Module) -> list[str]:
     """Make the zero-scale float8 rows of padded SwiGLU channels exact zeros again, in place; returns the linears fixed.
@@ -235,28 +242,22 @@ def repair_dead_float8_rows(transformer: nn.Module) -> list[str]:
     `down_proj` column is zero are touched; any other zero scale is left for `check_float8_scales` to refuse.
     """
     fixed = []
-    for index, block in enumerate(getattr(transformer, "blocks", ())):
-        ff = getattr(block, "ff", None)
-        if ff is None or getattr(ff, "activation", None) != "swiglu7" or not hasattr(ff, "projection_pairs"):
+    for up, down in _swiglu_projection_pairs(transformer):
+        weight = up.weight
+        zero, qdata = _zero_scale_rows(weight), getattr(weight, "qdata", None)
+        if zero is None or not bool(zero.any()) or not isinstance(qdata, torch.Tensor) or qdata.element_size() != 1:
             continue
-        for up, down in ff.projection_pairs():
-            weight = getattr(up, "weight", None)
-            zero = _zero_scale_rows(weight) if weight is not None else None
-            qdata = getattr(weight, "qdata", None)
-            if zero is None or not bool(zero.any()) or not isinstance(qdata, torch.Tensor) or qdata.element_size() != 1:
-                continue
-            width = getattr(down, "in_features", None)
-            if width is None or weight.shape[0] != 2 * width:
-                continue
-            dead = _zero_columns(down.weight).to(zero.device)
-            if not bool((zero <= torch.cat([dead, dead])).all()):
-                continue  # a zero scale on a live channel: not ours to change
-            rows = zero.nonzero().flatten()
-            qdata.view(torch.uint8)[rows] = 0  # +0.0 in float8
-            weight.scale.view(-1)[rows] = 1.0
-            name = next((n for n, m in transformer.named_modules() if m is up), f"blocks.{index}.ff.up_proj")
-            fixed.append(name)
-    return fixed
+        dead = _zero_columns(down.weight).to(zero.device)
+        if not bool((zero <= torch.cat([dead, dead])).all()):
+            continue  # a zero scale on a live channel: not ours to change
+        rows = zero.nonzero().flatten()
+        qdata.view(torch.uint8)[rows] = 0  # +0.0 in float8
+        weight.scale.view(-1)[rows] = 1.0
+        fixed.append(up)
+    if not fixed:
+        return []
+    names = {module: name for name, module in transformer.named_modules()}
+    return [names[up] for up in fixed]
 
 
 def linears_with_zero_float8_scales(transformer: nn.Module) -> list[str]:
